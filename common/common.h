@@ -1,0 +1,105 @@
+/* common: errors, logging, time, Go-style durations, base64, UUIDs and a growable byte buffer.
+ * libc only; every function here is safe to call from any thread unless it says otherwise. */
+#ifndef DG_COMMON_H
+#define DG_COMMON_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* One error list for the whole project: 0 is success, errors are negative. The HTTP layer maps
+ * codes to status codes in one table (http/server.c). */
+#define DG_ERRORS(X)                                                                               \
+	X(DG_ENOMEM, -1, "out of memory")                                                          \
+	X(DG_EINVAL, -2, "invalid argument")                                                       \
+	X(DG_ENOTFOUND, -3, "not found")                                                           \
+	X(DG_ETOOBIG, -4, "too large")                                                             \
+	X(DG_EIO, -5, "input/output error")                                                        \
+	X(DG_ENOLEADER, -6, "No cluster leader")                                                   \
+	X(DG_ECONFLICT, -7, "conflict")                                                            \
+	X(DG_ESHUTDOWN, -8, "shutting down")                                                       \
+	X(DG_EPERM, -9, "permission denied")                                                       \
+	X(DG_EBUSY, -10, "busy")
+
+enum {
+#define DG_ERR_ENUM(name, code, text) name = code,
+	DG_ERRORS(DG_ERR_ENUM)
+#undef DG_ERR_ENUM
+};
+
+/* Returns a static string for an error code (never NULL). */
+const char *dg_strerror(int err);
+
+/* ---- limits: every input's hard cap lives here ---- */
+#define DG_MAX_BODY          (1024 * 1024 + 64 * 1024) /* whole request body */
+#define DG_MAX_KV_VALUE      (512 * 1024)              /* Consul's kv_max_value_size */
+#define DG_MAX_JSON_DEPTH    32                        /* nesting of any request body */
+#define DG_MAX_KEY_LEN       2048                      /* KV key, IDs, names */
+#define DG_MAX_TXN_OPS       64
+#define DG_MAX_WAITERS       20000                     /* parked blocking queries */
+#define DG_MAX_OUTPUT        4096                      /* check Output */
+#define DG_MAX_HEADER_MEM    (64 * 1024)               /* per-connection header memory */
+
+/* ---- logging ---- */
+enum dg_log_level { DG_LOG_TRACE, DG_LOG_DEBUG, DG_LOG_INFO, DG_LOG_WARN, DG_LOG_ERROR };
+void dg_log_set_level(enum dg_log_level level);
+/* Parses "trace|debug|info|warn|err|error"; returns 0 or DG_EINVAL. */
+int dg_log_parse_level(const char *text, enum dg_log_level *out);
+void dg_log(enum dg_log_level level, const char *module, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+#define DG_LOGI(mod, ...) dg_log(DG_LOG_INFO, mod, __VA_ARGS__)
+#define DG_LOGW(mod, ...) dg_log(DG_LOG_WARN, mod, __VA_ARGS__)
+#define DG_LOGE(mod, ...) dg_log(DG_LOG_ERROR, mod, __VA_ARGS__)
+#define DG_LOGD(mod, ...) dg_log(DG_LOG_DEBUG, mod, __VA_ARGS__)
+
+/* ---- time ---- */
+/* Monotonic milliseconds, for deadlines. */
+uint64_t dg_now_ms(void);
+/* Wall clock in nanoseconds since the epoch. */
+int64_t dg_wall_ns(void);
+
+/* ---- Go durations ---- */
+/* Parses a Go duration ("10s", "1m30s", "250ms", "1.5h", "-1s", "0"); nanoseconds into *out.
+ * A bare number other than "0" is an error, as in Go. Returns 0 or DG_EINVAL. */
+int dg_duration_parse(const char *text, int64_t *out);
+/* Formats nanoseconds the way Go's time.Duration.String() does ("1m0s", "10s", "1.5s", "0s").
+ * Writes at most len bytes including the NUL; returns 0 or DG_ETOOBIG. */
+int dg_duration_format(int64_t ns, char *buf, size_t len);
+
+/* ---- base64 (standard alphabet, padded) ---- */
+/* Caller frees the returned string with free(); NULL on allocation failure. */
+char *dg_base64_encode(const void *data, size_t len);
+/* Decodes into a new buffer (caller frees); accepts missing padding. Returns 0 or DG_EINVAL. */
+int dg_base64_decode(const char *text, size_t text_len, uint8_t **out, size_t *out_len);
+
+/* ---- UUIDs ---- */
+/* Writes a random version-4 UUID, 36 chars plus NUL, into buf (>= 37 bytes). */
+void dg_uuid_new(char buf[37]);
+bool dg_uuid_valid(const char *text);
+
+/* ---- growable byte buffer ---- */
+struct dg_buf {
+	char *data; /* always NUL-terminated when non-NULL */
+	size_t len;
+	size_t cap;
+};
+void dg_buf_init(struct dg_buf *b);
+void dg_buf_fini(struct dg_buf *b);
+int dg_buf_append(struct dg_buf *b, const void *data, size_t len);
+int dg_buf_appendf(struct dg_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Hands the bytes to the caller (free() them) and leaves b empty. */
+char *dg_buf_steal(struct dg_buf *b, size_t *len);
+
+/* ---- strings ---- */
+/* strdup that aborts never: returns NULL on failure. */
+char *dg_strdup(const char *s);
+char *dg_strndup(const char *s, size_t n);
+/* ASCII case-insensitive equality. */
+bool dg_streq_ci(const char *a, const char *b);
+/* Parses a decimal uint64 with no sign, no spaces, no overflow. Returns 0 or DG_EINVAL. */
+int dg_parse_u64(const char *text, uint64_t *out);
+/* Go's strconv.ParseBool: 1 t T TRUE true True 0 f F FALSE false False. */
+int dg_parse_bool(const char *text, bool *out);
+
+#endif
