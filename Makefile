@@ -14,7 +14,7 @@ SANFLAGS :=
 OPT     := -O2 -g
 endif
 
-CFLAGS  += -std=gnu11 $(OPT) -Wall -Wextra -Werror -Wno-unused-parameter -Wshadow -pthread \
+CFLAGS  += -std=gnu11 $(OPT) -Wall -Wextra -Werror -Wno-unused-parameter -Wno-format-truncation -Wshadow -pthread \
            -I. $(shell pkg-config --cflags $(PKGS)) $(SANFLAGS) -MMD -MP -D_GNU_SOURCE
 LDLIBS  += $(shell pkg-config --libs $(PKGS)) -lm -pthread
 LDFLAGS += $(SANFLAGS)

@@ -102,4 +102,30 @@ int dg_parse_u64(const char *text, uint64_t *out);
 /* Go's strconv.ParseBool: 1 t T TRUE true True 0 f F FALSE false False. */
 int dg_parse_bool(const char *text, bool *out);
 
+/* ---- sorted string-keyed map ----
+ * A sorted array of (key, value) pairs: O(log n) lookups, ordered walks and prefix scans, O(n)
+ * inserts. Keys are owned by the map (copied on insert); values are the caller's. */
+struct dg_map_ent {
+	char *key;
+	void *value;
+};
+struct dg_map {
+	struct dg_map_ent *v;
+	size_t n, cap;
+	bool nocase; /* ASCII case-insensitive keys */
+};
+void dg_map_init(struct dg_map *m, bool nocase);
+/* Frees the keys and the array; values are the caller's to free first. */
+void dg_map_fini(struct dg_map *m);
+/* NULL when absent. */
+void *dg_map_find(const struct dg_map *m, const char *key);
+/* Inserts or replaces; the replaced value is stored in *old (NULL if none). 0 or DG_ENOMEM. */
+int dg_map_put(struct dg_map *m, const char *key, void *value, void **old);
+/* Removes key; returns its value or NULL. */
+void *dg_map_del(struct dg_map *m, const char *key);
+/* Position of the first key >= key. */
+size_t dg_map_lower_bound(const struct dg_map *m, const char *key);
+/* True if key starts with prefix (respecting the map's case rule). */
+bool dg_map_has_prefix(const struct dg_map *m, const char *key, const char *prefix);
+
 #endif

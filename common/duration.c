@@ -91,7 +91,10 @@ static int fmt_frac(char *buf, size_t len, uint64_t v, uint64_t unit, const char
 		int width = 0;
 		for (uint64_t u = unit; u > 1; u /= 10)
 			width++;
-		snprintf(digits, sizeof(digits), "%0*llu", width, (unsigned long long)frac);
+		int dn = snprintf(digits, sizeof(digits), "%0*llu", width & 31,
+				  (unsigned long long)frac);
+		if (dn < 0 || (size_t)dn >= sizeof(digits))
+			return DG_ETOOBIG;
 		size_t dl = strlen(digits);
 		while (dl > 0 && digits[dl - 1] == '0')
 			digits[--dl] = 0;

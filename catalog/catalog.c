@@ -1,0 +1,843 @@
+/* The catalog's node, service and check tables, the apply entry point and the read side.
+ * Invariants: every node_rec owns its services and checks; each service is also listed, not
+ * owned, in the name_rec of its name; every change bumps the index of each table it touched and
+ * records a dg_cat_change for blocking queries. */
+#include "catalog/internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+/* ---- json helpers ---- */
+
+const char *dg__js(json_t *o, const char *key)
+{
+	const char *s = json_string_value(json_object_get(o, key));
+	return s ? s : "";
+}
+
+char *dg__jsdup(json_t *o, const char *key)
+{
+	return strdup(dg__js(o, key));
+}
+
+json_t *dg__jobj(json_t *o, const char *key)
+{
+	json_t *v = json_object_get(o, key);
+	return json_is_object(v) ? json_incref(v) : json_object();
+}
+
+json_t *dg__jarr(json_t *o, const char *key)
+{
+	json_t *v = json_object_get(o, key);
+	return json_is_array(v) ? json_incref(v) : json_array();
+}
+
+uint64_t dg__ju64(json_t *o, const char *key)
+{
+	json_t *v = json_object_get(o, key);
+	if (json_is_integer(v))
+		return (uint64_t)json_integer_value(v);
+	if (json_is_string(v)) {
+		uint64_t u;
+		if (dg_parse_u64(json_string_value(v), &u) == 0)
+			return u;
+	}
+	return 0;
+}
+
+int64_t dg__ji64(json_t *o, const char *key)
+{
+	return json_integer_value(json_object_get(o, key));
+}
+
+/* ---- lifecycle ---- */
+
+dg_catalog *dg_cat_new(const char *dc)
+{
+	dg_catalog *c = calloc(1, sizeof(*c));
+	if (!c)
+		return NULL;
+	if (!(c->dc = strdup(dc))) {
+		free(c);
+		return NULL;
+	}
+	pthread_rwlock_init(&c->lock, NULL);
+	dg_map_init(&c->nodes, true);
+	dg_map_init(&c->names, true);
+	dg_map_init(&c->kv, false);
+	dg_map_init(&c->tombstones, false);
+	dg_map_init(&c->sessions, false);
+	dg_map_init(&c->lock_delay, false);
+	c->last_index = 1;
+	return c;
+}
+
+void dg__cat_service_free(struct dg_cat_service *s)
+{
+	if (!s)
+		return;
+	free(s->node);
+	free(s->id);
+	free(s->name);
+	free(s->kind);
+	free(s->address);
+	json_decref(s->tags);
+	json_decref(s->tagged);
+	json_decref(s->meta);
+	free(s);
+}
+
+void dg__cat_check_free(struct dg_cat_check *ch)
+{
+	if (!ch)
+		return;
+	free(ch->node);
+	free(ch->id);
+	free(ch->name);
+	free(ch->status);
+	free(ch->notes);
+	free(ch->output);
+	free(ch->service_id);
+	free(ch->service_name);
+	free(ch->type);
+	json_decref(ch->definition);
+	free(ch);
+}
+
+void dg__cat_node_free(struct node_rec *n)
+{
+	if (!n)
+		return;
+	for (size_t i = 0; i < n->services.n; i++)
+		dg__cat_service_free(n->services.v[i].value);
+	for (size_t i = 0; i < n->checks.n; i++)
+		dg__cat_check_free(n->checks.v[i].value);
+	dg_map_fini(&n->services);
+	dg_map_fini(&n->checks);
+	free(n->pub.name);
+	free(n->pub.id);
+	free(n->pub.address);
+	json_decref(n->pub.tagged);
+	json_decref(n->pub.meta);
+	free(n);
+}
+
+static void name_free(struct name_rec *r)
+{
+	dg_map_fini(&r->inst);
+	free(r->name);
+	free(r);
+}
+
+/* Empties every table; the caller holds the write lock. */
+void dg__cat_clear_tables(dg_catalog *c)
+{
+	for (size_t i = 0; i < c->nodes.n; i++)
+		dg__cat_node_free(c->nodes.v[i].value);
+	for (size_t i = 0; i < c->names.n; i++)
+		name_free(c->names.v[i].value);
+	for (size_t i = 0; i < c->kv.n; i++)
+		dg__cat_kv_free(c->kv.v[i].value);
+	for (size_t i = 0; i < c->sessions.n; i++)
+		dg__cat_session_free(c->sessions.v[i].value);
+	dg_map_fini(&c->nodes);
+	dg_map_fini(&c->names);
+	dg_map_fini(&c->kv);
+	dg_map_fini(&c->tombstones);
+	dg_map_fini(&c->sessions);
+	dg_map_fini(&c->lock_delay);
+}
+
+void dg_cat_free(dg_catalog *c)
+{
+	if (!c)
+		return;
+	dg__cat_clear_tables(c);
+	dg_cat_changes_free(c->changes, c->nchanges);
+	pthread_rwlock_destroy(&c->lock);
+	free(c->dc);
+	free(c);
+}
+
+const char *dg_cat_dc(const dg_catalog *c)
+{
+	return c->dc;
+}
+
+void dg_cat_rdlock(dg_catalog *c)
+{
+	pthread_rwlock_rdlock(&c->lock);
+}
+
+void dg_cat_wrlock(dg_catalog *c)
+{
+	pthread_rwlock_wrlock(&c->lock);
+}
+
+void dg_cat_unlock(dg_catalog *c)
+{
+	pthread_rwlock_unlock(&c->lock);
+}
+
+uint64_t dg_cat_last_index(dg_catalog *c)
+{
+	return __atomic_load_n(&c->last_index, __ATOMIC_ACQUIRE);
+}
+
+/* ---- change log ---- */
+
+void dg__cat_change(dg_catalog *c, enum dg_cat_topic topic, const char *key)
+{
+	if (c->nchanges == c->capchanges) {
+		size_t cap = c->capchanges ? c->capchanges * 2 : 16;
+		struct dg_cat_change *v = realloc(c->changes, cap * sizeof(*v));
+		if (!v)
+			return; /* waiters then wake on their timeout instead */
+		c->changes = v;
+		c->capchanges = cap;
+	}
+	struct dg_cat_change *ch = &c->changes[c->nchanges++];
+	ch->topic = topic;
+	ch->key = key ? strdup(key) : NULL;
+	ch->index = c->cur_index;
+}
+
+struct dg_cat_change *dg_cat_take_changes(dg_catalog *c, size_t *n)
+{
+	struct dg_cat_change *v = c->changes;
+	*n = c->nchanges;
+	c->changes = NULL;
+	c->nchanges = c->capchanges = 0;
+	return v;
+}
+
+void dg_cat_changes_free(struct dg_cat_change *v, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(v[i].key);
+	free(v);
+}
+
+/* ---- name index ---- */
+
+static struct name_rec *name_rec_get(dg_catalog *c, const char *name, bool create)
+{
+	struct name_rec *r = dg_map_find(&c->names, name);
+	if (r || !create)
+		return r;
+	r = calloc(1, sizeof(*r));
+	if (!r || !(r->name = strdup(name))) {
+		free(r);
+		return NULL;
+	}
+	dg_map_init(&r->inst, false);
+	if (dg_map_put(&c->names, name, r, NULL) != 0) {
+		name_free(r);
+		return NULL;
+	}
+	return r;
+}
+
+static void inst_key(const struct dg_cat_service *s, char *buf, size_t len)
+{
+	int n = snprintf(buf, len, "%s\x1f%s", s->node, s->id);
+	if (n < 0 || (size_t)n >= len)
+		buf[len - 1] = 0;
+	for (char *p = buf; *p && *p != '\x1f'; p++)
+		*p = (char)(*p >= 'A' && *p <= 'Z' ? *p + 32 : *p);
+}
+
+/* Marks a service name as changed at the current index. */
+static void touch_name(dg_catalog *c, const char *name)
+{
+	struct name_rec *r = name_rec_get(c, name, true);
+	if (r)
+		r->index = c->cur_index;
+	dg__cat_change(c, DG_TOPIC_SERVICE, name);
+}
+
+/* A node-level change (node fields, node checks) touches every service on the node. */
+static void touch_node_services(dg_catalog *c, struct node_rec *n)
+{
+	for (size_t i = 0; i < n->services.n; i++) {
+		struct dg_cat_service *s = n->services.v[i].value;
+		touch_name(c, s->name);
+	}
+}
+
+struct node_rec *dg__cat_node_rec(dg_catalog *c, const char *name)
+{
+	return dg_map_find(&c->nodes, name);
+}
+
+/* ---- register ---- */
+
+static bool json_same(json_t *a, json_t *b)
+{
+	return json_equal(a, b) != 0;
+}
+
+static int node_upsert(dg_catalog *c, json_t *cmd, struct node_rec **out, char **err)
+{
+	const char *name = dg__js(cmd, "Node");
+	struct node_rec *n = dg_map_find(&c->nodes, name);
+	json_t *tagged = dg__jobj(cmd, "TaggedAddresses");
+	json_t *meta = dg__jobj(cmd, "NodeMeta");
+	const char *addr = dg__js(cmd, "Address");
+	const char *id = dg__js(cmd, "ID");
+	bool skip = json_is_true(json_object_get(cmd, "SkipNodeUpdate"));
+	if (!n) {
+		if (!*addr) {
+			json_decref(tagged);
+			json_decref(meta);
+			*err = strdup("Must provide address if SkipNodeUpdate is not set");
+			return DG_EINVAL;
+		}
+		n = calloc(1, sizeof(*n));
+		if (!n) {
+			json_decref(tagged);
+			json_decref(meta);
+			return DG_ENOMEM;
+		}
+		dg_map_init(&n->services, false);
+		dg_map_init(&n->checks, false);
+		n->pub.name = strdup(name);
+		n->pub.id = strdup(id);
+		n->pub.address = strdup(addr);
+		n->pub.tagged = tagged;
+		n->pub.meta = meta;
+		n->pub.create_index = n->pub.modify_index = c->cur_index;
+		if (dg_map_put(&c->nodes, name, n, NULL) != 0) {
+			dg__cat_node_free(n);
+			return DG_ENOMEM;
+		}
+		c->idx_nodes = c->cur_index;
+		dg__cat_change(c, DG_TOPIC_NODES, name);
+	} else if (!skip && *addr &&
+		   (strcmp(n->pub.address, addr) != 0 || (*id && strcmp(n->pub.id, id) != 0) ||
+		    !json_same(n->pub.tagged, tagged) || !json_same(n->pub.meta, meta))) {
+		free(n->pub.address);
+		n->pub.address = strdup(addr);
+		if (*id) {
+			free(n->pub.id);
+			n->pub.id = strdup(id);
+		}
+		json_decref(n->pub.tagged);
+		json_decref(n->pub.meta);
+		n->pub.tagged = tagged;
+		n->pub.meta = meta;
+		n->pub.modify_index = c->cur_index;
+		c->idx_nodes = c->cur_index;
+		dg__cat_change(c, DG_TOPIC_NODES, name);
+		touch_node_services(c, n);
+	} else {
+		json_decref(tagged);
+		json_decref(meta);
+	}
+	*out = n;
+	return 0;
+}
+
+static void name_unlink(dg_catalog *c, struct dg_cat_service *s)
+{
+	char k[2 * DG_MAX_KEY_LEN + 2];
+	struct name_rec *r = name_rec_get(c, s->name, false);
+	inst_key(s, k, sizeof(k));
+	if (r)
+		dg_map_del(&r->inst, k);
+	touch_name(c, s->name);
+}
+
+int dg__cat_name_link(dg_catalog *c, struct dg_cat_service *s)
+{
+	char k[2 * DG_MAX_KEY_LEN + 2];
+	struct name_rec *r = name_rec_get(c, s->name, true);
+	if (!r)
+		return DG_ENOMEM;
+	inst_key(s, k, sizeof(k));
+	touch_name(c, s->name);
+	return dg_map_put(&r->inst, k, s, NULL);
+}
+
+static int service_upsert(dg_catalog *c, struct node_rec *n, json_t *js)
+{
+	struct dg_cat_service *s = calloc(1, sizeof(*s));
+	if (!s)
+		return DG_ENOMEM;
+	const char *name = dg__js(js, "Service");
+	const char *id = dg__js(js, "ID");
+	s->node = strdup(n->pub.name);
+	s->id = strdup(*id ? id : name);
+	s->name = strdup(name);
+	s->kind = dg__jsdup(js, "Kind");
+	s->tags = dg__jarr(js, "Tags");
+	s->address = dg__jsdup(js, "Address");
+	s->tagged = dg__jobj(js, "TaggedAddresses");
+	s->meta = dg__jobj(js, "Meta");
+	s->port = (int)dg__ji64(js, "Port");
+	json_t *w = json_object_get(js, "Weights");
+	s->weight_passing = json_is_object(w) ? (int)dg__ji64(w, "Passing") : 1;
+	s->weight_warning = json_is_object(w) ? (int)dg__ji64(w, "Warning") : 1;
+	s->enable_tag_override = json_is_true(json_object_get(js, "EnableTagOverride"));
+	s->agent = json_is_true(json_object_get(js, "Agent"));
+	if (!s->node || !s->id || !s->name || !s->kind || !s->address) {
+		dg__cat_service_free(s);
+		return DG_ENOMEM;
+	}
+
+	struct dg_cat_service *old = dg_map_find(&n->services, s->id);
+	if (old && strcmp(old->name, s->name) == 0 && strcmp(old->kind, s->kind) == 0 &&
+	    strcmp(old->address, s->address) == 0 && old->port == s->port &&
+	    old->weight_passing == s->weight_passing && old->weight_warning == s->weight_warning &&
+	    old->enable_tag_override == s->enable_tag_override && old->agent == s->agent &&
+	    json_same(old->tags, s->tags) && json_same(old->tagged, s->tagged) &&
+	    json_same(old->meta, s->meta)) {
+		dg__cat_service_free(s); /* unchanged: no new index, no wakeups */
+		return 0;
+	}
+	s->create_index = old ? old->create_index : c->cur_index;
+	s->modify_index = c->cur_index;
+	if (old)
+		name_unlink(c, old);
+	if (dg_map_put(&n->services, s->id, s, NULL) != 0) {
+		dg__cat_service_free(s);
+		return DG_ENOMEM;
+	}
+	dg__cat_service_free(old);
+	c->idx_services = c->cur_index;
+	dg__cat_change(c, DG_TOPIC_SERVICES, NULL);
+	return dg__cat_name_link(c, s);
+}
+
+static bool valid_status(const char *s)
+{
+	return strcmp(s, "passing") == 0 || strcmp(s, "warning") == 0 ||
+	       strcmp(s, "critical") == 0;
+}
+
+/* Records that a check changed: the check table, its node and the services it concerns. */
+static void touch_check(dg_catalog *c, struct node_rec *n, const struct dg_cat_check *ch)
+{
+	c->idx_checks = c->cur_index;
+	dg__cat_change(c, DG_TOPIC_CHECKS, n->pub.name);
+	if (*ch->service_id) {
+		struct dg_cat_service *s = dg_map_find(&n->services, ch->service_id);
+		if (s)
+			touch_name(c, s->name);
+	} else {
+		touch_node_services(c, n);
+	}
+}
+
+static int check_upsert(dg_catalog *c, struct node_rec *n, json_t *jc, char **err)
+{
+	const char *sid = dg__js(jc, "ServiceID");
+	struct dg_cat_service *svc = NULL;
+	if (*sid && !(svc = dg_map_find(&n->services, sid))) {
+		if (asprintf(err, "Unknown service \"%s\" for check \"%s\"", sid,
+			     dg__js(jc, "CheckID")) < 0)
+			*err = NULL;
+		return DG_ENOTFOUND;
+	}
+	const char *status = dg__js(jc, "Status");
+	if (!*status)
+		status = "critical";
+	if (!valid_status(status)) {
+		*err = strdup("Status for checks must 'passing', 'warning', 'critical'");
+		return DG_EINVAL;
+	}
+	struct dg_cat_check *ch = calloc(1, sizeof(*ch));
+	if (!ch)
+		return DG_ENOMEM;
+	ch->node = strdup(n->pub.name);
+	ch->id = dg__jsdup(jc, "CheckID");
+	ch->name = dg__jsdup(jc, "Name");
+	ch->status = strdup(status);
+	ch->notes = dg__jsdup(jc, "Notes");
+	ch->output = dg__jsdup(jc, "Output");
+	ch->service_id = strdup(sid);
+	ch->service_name = strdup(svc ? svc->name : "");
+	ch->type = dg__jsdup(jc, "Type");
+	ch->definition = dg__jobj(jc, "Definition");
+	ch->agent = json_is_true(json_object_get(jc, "Agent"));
+	if (!ch->node || !ch->id || !ch->name || !ch->status || !ch->notes || !ch->output ||
+	    !ch->service_id || !ch->service_name || !ch->type) {
+		dg__cat_check_free(ch);
+		return DG_ENOMEM;
+	}
+	struct dg_cat_check *old = dg_map_find(&n->checks, ch->id);
+	if (old && json_is_true(json_object_get(jc, "KeepStatus")) &&
+	    strcmp(old->type, ch->type) == 0 && json_same(old->definition, ch->definition)) {
+		/* re-registering an unchanged agent check keeps its last result, so a
+		 * re-register does not flap a passing service to critical */
+		free(ch->status);
+		free(ch->output);
+		ch->status = strdup(old->status);
+		ch->output = strdup(old->output);
+		if (!ch->status || !ch->output) {
+			dg__cat_check_free(ch);
+			return DG_ENOMEM;
+		}
+	}
+	if (old && strcmp(old->name, ch->name) == 0 && strcmp(old->status, ch->status) == 0 &&
+	    strcmp(old->notes, ch->notes) == 0 && strcmp(old->output, ch->output) == 0 &&
+	    strcmp(old->service_id, ch->service_id) == 0 &&
+	    strcmp(old->service_name, ch->service_name) == 0 && strcmp(old->type, ch->type) == 0 &&
+	    old->agent == ch->agent && json_same(old->definition, ch->definition)) {
+		dg__cat_check_free(ch);
+		return 0;
+	}
+	ch->create_index = old ? old->create_index : c->cur_index;
+	ch->modify_index = c->cur_index;
+	if (dg_map_put(&n->checks, ch->id, ch, NULL) != 0) {
+		dg__cat_check_free(ch);
+		return DG_ENOMEM;
+	}
+	bool went_critical = strcmp(ch->status, "critical") == 0 &&
+			     (!old || strcmp(old->status, "critical") != 0);
+	dg__cat_check_free(old);
+	touch_check(c, n, ch);
+	if (went_critical)
+		dg__cat_sessions_check_critical(c, n->pub.name, ch->id);
+	return 0;
+}
+
+static int apply_register(dg_catalog *c, json_t *cmd, char **err)
+{
+	struct node_rec *n;
+	int rv;
+	if (!*dg__js(cmd, "Node")) {
+		*err = strdup("Must provide node");
+		return DG_EINVAL;
+	}
+	if ((rv = node_upsert(c, cmd, &n, err)) != 0)
+		return rv;
+	json_t *svc = json_object_get(cmd, "Service");
+	if (json_is_object(svc)) {
+		if (!*dg__js(svc, "Service")) {
+			*err = strdup("Must provide service name (Service.Service)");
+			return DG_EINVAL;
+		}
+		if ((rv = service_upsert(c, n, svc)) != 0)
+			return rv;
+	}
+	size_t i;
+	json_t *jc;
+	json_array_foreach(json_object_get(cmd, "Checks"), i, jc)
+	{
+		if ((rv = check_upsert(c, n, jc, err)) != 0)
+			return rv;
+	}
+	return 0;
+}
+
+/* ---- deregister ---- */
+
+static void check_remove(dg_catalog *c, struct node_rec *n, const char *id)
+{
+	struct dg_cat_check *ch = dg_map_del(&n->checks, id);
+	if (!ch)
+		return;
+	touch_check(c, n, ch);
+	dg__cat_sessions_check_critical(c, n->pub.name, ch->id);
+	dg__cat_check_free(ch);
+}
+
+static void service_remove(dg_catalog *c, struct node_rec *n, const char *id)
+{
+	struct dg_cat_service *s = dg_map_find(&n->services, id);
+	if (!s)
+		return;
+	/* its checks first, while the service still names them */
+	for (size_t i = n->checks.n; i-- > 0;) {
+		struct dg_cat_check *ch = n->checks.v[i].value;
+		if (strcmp(ch->service_id, id) == 0)
+			check_remove(c, n, ch->id);
+	}
+	dg_map_del(&n->services, id);
+	name_unlink(c, s);
+	c->idx_services = c->cur_index;
+	dg__cat_change(c, DG_TOPIC_SERVICES, NULL);
+	dg__cat_service_free(s);
+}
+
+static void node_remove(dg_catalog *c, struct node_rec *n)
+{
+	while (n->services.n > 0)
+		service_remove(c, n, n->services.v[n->services.n - 1].key);
+	while (n->checks.n > 0)
+		check_remove(c, n, n->checks.v[n->checks.n - 1].key);
+	dg__cat_sessions_node_gone(c, n->pub.name);
+	dg_map_del(&c->nodes, n->pub.name);
+	c->idx_nodes = c->cur_index;
+	dg__cat_change(c, DG_TOPIC_NODES, n->pub.name);
+	dg__cat_node_free(n);
+}
+
+static int apply_deregister(dg_catalog *c, json_t *cmd, char **err)
+{
+	const char *node = dg__js(cmd, "Node");
+	if (!*node) {
+		*err = strdup("Must provide node");
+		return DG_EINVAL;
+	}
+	struct node_rec *n = dg_map_find(&c->nodes, node);
+	if (!n)
+		return 0;
+	const char *sid = dg__js(cmd, "ServiceID");
+	const char *cid = dg__js(cmd, "CheckID");
+	if (*sid)
+		service_remove(c, n, sid);
+	if (*cid)
+		check_remove(c, n, cid);
+	if (!*sid && !*cid)
+		node_remove(c, n);
+	return 0;
+}
+
+/* A check result from the agent that runs it: status and output only. */
+static int apply_check_update(dg_catalog *c, json_t *cmd)
+{
+	struct node_rec *n = dg_map_find(&c->nodes, dg__js(cmd, "Node"));
+	if (!n)
+		return 0;
+	struct dg_cat_check *ch = dg_map_find(&n->checks, dg__js(cmd, "CheckID"));
+	const char *status = dg__js(cmd, "Status");
+	const char *output = dg__js(cmd, "Output");
+	if (!ch || !valid_status(status))
+		return 0;
+	if (strcmp(ch->status, status) == 0 && strcmp(ch->output, output) == 0)
+		return 0;
+	bool went_critical =
+		strcmp(status, "critical") == 0 && strcmp(ch->status, "critical") != 0;
+	char *ns = strdup(status), *no = strdup(output);
+	if (!ns || !no) {
+		free(ns);
+		free(no);
+		return DG_ENOMEM;
+	}
+	free(ch->status);
+	free(ch->output);
+	ch->status = ns;
+	ch->output = no;
+	ch->modify_index = c->cur_index;
+	touch_check(c, n, ch);
+	if (went_critical)
+		dg__cat_sessions_check_critical(c, n->pub.name, ch->id);
+	return 0;
+}
+
+/* ---- apply ---- */
+
+static json_t *error_result(int status, const char *text)
+{
+	return json_pack("{s:s, s:i}", "Error", text ? text : "internal error", "Status", status);
+}
+
+int dg_cat_apply(dg_catalog *c, uint64_t index, const char *buf, size_t len, json_t **result)
+{
+	json_error_t jerr;
+	json_t *cmd = json_loadb(buf, len, 0, &jerr);
+	json_t *res = NULL;
+	char *err = NULL;
+	int rv = 0;
+	if (result)
+		*result = NULL;
+	if (!json_is_object(cmd)) {
+		json_decref(cmd);
+		if (result)
+			*result = error_result(500, "corrupt command");
+		return DG_EINVAL;
+	}
+	/* an index can only move forward, even if a caller passes an old one */
+	c->cur_index = index > c->last_index ? index : c->last_index + 1;
+	c->cur_now_ns = dg__ji64(cmd, "Now");
+	const char *op = dg__js(cmd, "Op");
+
+	if (strcmp(op, "register") == 0) {
+		rv = apply_register(c, cmd, &err);
+	} else if (strcmp(op, "deregister") == 0) {
+		rv = apply_deregister(c, cmd, &err);
+	} else if (strcmp(op, "check_update") == 0) {
+		rv = apply_check_update(c, cmd);
+	} else if (strcmp(op, "kv") == 0) {
+		bool ok = false;
+		json_t *r = dg__cat_kv_apply(c, cmd, &ok, &err);
+		json_decref(r);
+		if (!err)
+			res = json_pack("{s:b}", "Ok", ok);
+		else
+			rv = DG_EINVAL;
+	} else if (strcmp(op, "txn") == 0) {
+		rv = dg__cat_txn_apply(c, cmd, &res);
+	} else if (strcmp(op, "session_create") == 0) {
+		rv = dg__cat_session_create(c, cmd, &res);
+	} else if (strcmp(op, "session_destroy") == 0) {
+		dg__cat_session_destroy(c, dg__js(cmd, "ID"));
+		res = json_pack("{s:b}", "Ok", 1);
+	} else if (strcmp(op, "noop") == 0) {
+		/* leadership barriers and index bumps */
+	} else {
+		rv = DG_EINVAL;
+		err = strdup("unknown command");
+	}
+	if (rv != 0 && !res)
+		res = error_result(rv == DG_ENOTFOUND ? 404 : 500, err ? err : dg_strerror(rv));
+	free(err);
+	__atomic_store_n(&c->last_index, c->cur_index, __ATOMIC_RELEASE);
+	json_decref(cmd);
+	if (result)
+		*result = res;
+	else
+		json_decref(res);
+	return rv;
+}
+
+/* ---- reads ---- */
+
+const struct dg_cat_node *dg_cat_node_find_locked(dg_catalog *c, const char *name)
+{
+	struct node_rec *n = dg_map_find(&c->nodes, name);
+	return n ? &n->pub : NULL;
+}
+
+int dg_cat_nodes_walk_locked(dg_catalog *c, dg_cat_node_cb cb, void *arg)
+{
+	int rv;
+	for (size_t i = 0; i < c->nodes.n; i++) {
+		struct node_rec *n = c->nodes.v[i].value;
+		if ((rv = cb(arg, &n->pub)) != 0)
+			return rv;
+	}
+	return 0;
+}
+
+int dg_cat_node_services_walk_locked(dg_catalog *c, const char *node, dg_cat_service_cb cb,
+				     void *arg)
+{
+	struct node_rec *n = dg_map_find(&c->nodes, node);
+	int rv;
+	if (!n)
+		return 0;
+	for (size_t i = 0; i < n->services.n; i++)
+		if ((rv = cb(arg, n->services.v[i].value)) != 0)
+			return rv;
+	return 0;
+}
+
+int dg_cat_node_checks_walk_locked(dg_catalog *c, const char *node, dg_cat_check_cb cb, void *arg)
+{
+	struct node_rec *n = dg_map_find(&c->nodes, node);
+	int rv;
+	if (!n)
+		return 0;
+	for (size_t i = 0; i < n->checks.n; i++)
+		if ((rv = cb(arg, n->checks.v[i].value)) != 0)
+			return rv;
+	return 0;
+}
+
+int dg_cat_service_walk_locked(dg_catalog *c, const char *name, dg_cat_service_cb cb, void *arg)
+{
+	struct name_rec *r = dg_map_find(&c->names, name);
+	int rv;
+	if (!r)
+		return 0;
+	for (size_t i = 0; i < r->inst.n; i++)
+		if ((rv = cb(arg, r->inst.v[i].value)) != 0)
+			return rv;
+	return 0;
+}
+
+int dg_cat_services_all_walk_locked(dg_catalog *c, dg_cat_service_cb cb, void *arg)
+{
+	int rv;
+	for (size_t i = 0; i < c->nodes.n; i++) {
+		struct node_rec *n = c->nodes.v[i].value;
+		for (size_t j = 0; j < n->services.n; j++)
+			if ((rv = cb(arg, n->services.v[j].value)) != 0)
+				return rv;
+	}
+	return 0;
+}
+
+const struct dg_cat_service *dg_cat_service_find_locked(dg_catalog *c, const char *node,
+							const char *id)
+{
+	struct node_rec *n = dg_map_find(&c->nodes, node);
+	return n ? dg_map_find(&n->services, id) : NULL;
+}
+
+const struct dg_cat_check *dg_cat_check_find_locked(dg_catalog *c, const char *node,
+						    const char *id)
+{
+	struct node_rec *n = dg_map_find(&c->nodes, node);
+	return n ? dg_map_find(&n->checks, id) : NULL;
+}
+
+int dg_cat_checks_walk_locked(dg_catalog *c, dg_cat_check_cb cb, void *arg)
+{
+	int rv;
+	for (size_t i = 0; i < c->nodes.n; i++) {
+		struct node_rec *n = c->nodes.v[i].value;
+		for (size_t j = 0; j < n->checks.n; j++)
+			if ((rv = cb(arg, n->checks.v[j].value)) != 0)
+				return rv;
+	}
+	return 0;
+}
+
+static uint64_t at_least_1(uint64_t v)
+{
+	return v ? v : 1;
+}
+
+uint64_t dg_cat_index_nodes_locked(dg_catalog *c)
+{
+	return at_least_1(c->idx_nodes);
+}
+
+uint64_t dg_cat_index_services_locked(dg_catalog *c)
+{
+	return at_least_1(c->idx_services);
+}
+
+uint64_t dg_cat_index_checks_locked(dg_catalog *c)
+{
+	return at_least_1(c->idx_checks);
+}
+
+uint64_t dg_cat_index_sessions_locked(dg_catalog *c)
+{
+	return at_least_1(c->idx_sessions);
+}
+
+uint64_t dg_cat_index_service_locked(dg_catalog *c, const char *name)
+{
+	struct name_rec *r = dg_map_find(&c->names, name);
+	if (r)
+		return at_least_1(r->index);
+	/* an unknown name: the services table index, as Consul does */
+	return at_least_1(c->idx_services);
+}
+
+const char *dg_cat_aggregate_status(json_t *checks)
+{
+	bool warn = false, crit = false;
+	size_t i;
+	json_t *ch;
+	json_array_foreach(checks, i, ch)
+	{
+		const char *id = dg__js(ch, "CheckID");
+		if (strcmp(id, "_node_maintenance") == 0 ||
+		    strncmp(id, "_service_maintenance:", 21) == 0)
+			return "maintenance";
+		const char *st = dg__js(ch, "Status");
+		if (strcmp(st, "critical") == 0)
+			crit = true;
+		else if (strcmp(st, "warning") == 0)
+			warn = true;
+	}
+	return crit ? "critical" : warn ? "warning" : "passing";
+}

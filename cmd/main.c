@@ -1,0 +1,500 @@
+/* dcgate's entry point: `dcgate agent` with Consul's flags and JSON config files, and the CLI
+ * subcommands (cmd/cli.c) for everything else. The main thread only parses, wires the parts
+ * together and waits for a signal or a leave request. */
+#include <dirent.h>
+#include <errno.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include "catalog/catalog.h"
+#include "cmd/cli.h"
+#include "cmd/version.h"
+#include "common/common.h"
+#include "http/http.h"
+#include "lan/lan.h"
+
+#define MAIN "agent"
+
+/* Everything `dcgate agent` can be told, from config files then flags (flags win). */
+struct agent_config {
+	json_t *merged; /* Consul-style config keys, files merged in order, then flags */
+	bool dev;
+};
+
+static void usage_agent(void)
+{
+	fprintf(stderr,
+		"Usage: dcgate agent [options]\n\n"
+		"  -dev                    Development mode: one in-memory server on 127.0.0.1\n"
+		"  -server                 Run as a server\n"
+		"  -bootstrap-expect=N     Servers to wait for before bootstrapping (1 here)\n"
+		"  -datacenter=NAME        Datacenter of this agent (dc1)\n"
+		"  -node=NAME              Node name (the host name)\n"
+		"  -node-id=UUID           Node ID (generated and kept in the data dir)\n"
+		"  -bind=ADDR              Address for cluster traffic (raft)\n"
+		"  -advertise=ADDR         Address published for this node\n"
+		"  -client=ADDR            Address of the HTTP API (127.0.0.1)\n"
+		"  -data-dir=PATH          Where the raft log and snapshots live\n"
+		"  -http-port=PORT         HTTP API port (8500)\n"
+		"  -server-port=PORT       Raft port (8300)\n"
+		"  -dns-port=PORT          DNS port (accepted; DNS is not served yet)\n"
+		"  -config-file=FILE       A JSON config file (repeatable)\n"
+		"  -config-dir=DIR         A directory of *.json config files (repeatable)\n"
+		"  -log-level=LEVEL        trace, debug, info, warn, err\n");
+}
+
+/* Go's flag package accepts -flag, --flag, -flag=value and -flag value. */
+static bool flag_match(const char *arg, const char *name, const char **inline_val)
+{
+	if (arg[0] != '-')
+		return false;
+	arg += arg[1] == '-' ? 2 : 1;
+	size_t n = strlen(name);
+	if (strncmp(arg, name, n) != 0)
+		return false;
+	if (arg[n] == 0) {
+		*inline_val = NULL;
+		return true;
+	}
+	if (arg[n] == '=') {
+		*inline_val = arg + n + 1;
+		return true;
+	}
+	return false;
+}
+
+static int load_config_file(json_t *merged, const char *path)
+{
+	json_error_t err;
+	json_t *j = json_load_file(path, 0, &err);
+	if (!json_is_object(j)) {
+		fprintf(stderr, "==> Error parsing %s: %s (line %d)\n", path,
+			j ? "not a JSON object" : err.text, err.line);
+		json_decref(j);
+		return DG_EINVAL;
+	}
+	/* nested objects (ports, tls, ...) merge key by key, as Consul's config merge does */
+	const char *k;
+	json_t *v;
+	json_object_foreach(j, k, v)
+	{
+		json_t *cur = json_object_get(merged, k);
+		if (json_is_object(cur) && json_is_object(v))
+			json_object_update(cur, v);
+		else
+			json_object_set(merged, k, v);
+	}
+	json_decref(j);
+	return 0;
+}
+
+static int name_cmp(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static int load_config_dir(json_t *merged, const char *dir)
+{
+	DIR *d = opendir(dir);
+	char *names[1024];
+	size_t n = 0;
+	int rv = 0;
+	if (!d) {
+		fprintf(stderr, "==> Error reading config dir %s: %s\n", dir, strerror(errno));
+		return DG_EINVAL;
+	}
+	struct dirent *e;
+	while ((e = readdir(d)) && n < sizeof(names) / sizeof(names[0])) {
+		size_t l = strlen(e->d_name);
+		if (l > 5 && strcmp(e->d_name + l - 5, ".json") == 0)
+			names[n++] = strdup(e->d_name);
+	}
+	closedir(d);
+	qsort(names, n, sizeof(names[0]), name_cmp);
+	for (size_t i = 0; i < n; i++) {
+		char path[4096];
+		snprintf(path, sizeof(path), "%s/%s", dir, names[i]);
+		if (rv == 0)
+			rv = load_config_file(merged, path);
+		free(names[i]);
+	}
+	return rv;
+}
+
+static void set_port(json_t *cfg, const char *name, int port)
+{
+	json_t *ports = json_object_get(cfg, "ports");
+	if (!json_is_object(ports)) {
+		ports = json_object();
+		json_object_set_new(cfg, "ports", ports);
+	}
+	json_object_set_new(ports, name, json_integer(port));
+}
+
+static int parse_agent_flags(int argc, char **argv, struct agent_config *ac)
+{
+	json_t *flags = json_object();
+	json_t *merged = json_object();
+	ac->merged = merged;
+	for (int i = 0; i < argc; i++) {
+		const char *a = argv[i], *v = NULL;
+		/* boolean flags */
+		if (flag_match(a, "dev", &v)) {
+			ac->dev = true;
+			continue;
+		}
+		if (flag_match(a, "server", &v)) {
+			json_object_set_new(flags, "server", json_boolean(!v || strcmp(v, "false") != 0));
+			continue;
+		}
+		if (flag_match(a, "bootstrap", &v)) {
+			json_object_set_new(flags, "bootstrap_expect", json_integer(1));
+			continue;
+		}
+		if (flag_match(a, "ui", &v))
+			continue;
+		static const struct {
+			const char *flag;
+			const char *key; /* config key, or a port name after "ports." */
+			bool integer;
+		} valued[] = {
+			{"bootstrap-expect", "bootstrap_expect", true},
+			{"datacenter", "datacenter", false},
+			{"node", "node_name", false},
+			{"node-id", "node_id", false},
+			{"bind", "bind_addr", false},
+			{"advertise", "advertise_addr", false},
+			{"advertise-wan", "advertise_addr_wan", false},
+			{"client", "client_addr", false},
+			{"data-dir", "data_dir", false},
+			{"log-level", "log_level", false},
+			{"domain", "domain", false},
+			{"encrypt", "encrypt", false},
+			{"http-port", "ports.http", true},
+			{"https-port", "ports.https", true},
+			{"dns-port", "ports.dns", true},
+			{"server-port", "ports.server", true},
+			{"serf-lan-port", "ports.serf_lan", true},
+			{"serf-wan-port", "ports.serf_wan", true},
+			{"grpc-port", "ports.grpc", true},
+			{"config-file", "-config-file", false},
+			{"config-dir", "-config-dir", false},
+			{"join", "-join", false},
+			{"retry-join", "-retry-join", false},
+			{"join-wan", "-join-wan", false},
+			{"retry-join-wan", "-retry-join-wan", false},
+		};
+		bool known = false;
+		for (size_t f = 0; f < sizeof(valued) / sizeof(valued[0]); f++) {
+			if (!flag_match(a, valued[f].flag, &v))
+				continue;
+			known = true;
+			if (!v) {
+				if (i + 1 >= argc) {
+					fprintf(stderr, "flag needs an argument: -%s\n",
+						valued[f].flag);
+					return DG_EINVAL;
+				}
+				v = argv[++i];
+			}
+			if (strcmp(valued[f].key, "-config-file") == 0) {
+				if (load_config_file(merged, v) != 0)
+					return DG_EINVAL;
+			} else if (strcmp(valued[f].key, "-config-dir") == 0) {
+				if (load_config_dir(merged, v) != 0)
+					return DG_EINVAL;
+			} else if (valued[f].key[0] == '-') {
+				json_t *arr = json_object_get(flags, valued[f].key + 1);
+				if (!arr) {
+					arr = json_array();
+					json_object_set_new(flags, valued[f].key + 1, arr);
+				}
+				json_array_append_new(arr, json_string(v));
+			} else if (valued[f].integer) {
+				char *end;
+				long n = strtol(v, &end, 10);
+				if (*end || end == v) {
+					fprintf(stderr, "invalid value \"%s\" for flag -%s\n", v,
+						valued[f].flag);
+					return DG_EINVAL;
+				}
+				if (strncmp(valued[f].key, "ports.", 6) == 0)
+					set_port(flags, valued[f].key + 6, (int)n);
+				else
+					json_object_set_new(flags, valued[f].key, json_integer(n));
+			} else {
+				json_object_set_new(flags, valued[f].key, json_string(v));
+			}
+			break;
+		}
+		if (!known) {
+			if (strcmp(a, "-h") == 0 || strcmp(a, "-help") == 0 ||
+			    strcmp(a, "--help") == 0) {
+				usage_agent();
+				return DG_EINVAL;
+			}
+			fprintf(stderr, "flag provided but not defined: %s\n", a);
+			usage_agent();
+			return DG_EINVAL;
+		}
+	}
+	/* flags win over files */
+	const char *k;
+	json_t *v;
+	json_object_foreach(flags, k, v)
+	{
+		json_t *cur = json_object_get(merged, k);
+		if (json_is_object(cur) && json_is_object(v))
+			json_object_update(cur, v);
+		else
+			json_object_set(merged, k, v);
+	}
+	json_decref(flags);
+	return 0;
+}
+
+static const char *cfg_str(json_t *cfg, const char *key, const char *def)
+{
+	const char *s = json_string_value(json_object_get(cfg, key));
+	return s && *s ? s : def;
+}
+
+static int cfg_port(json_t *cfg, const char *name, int def)
+{
+	json_t *v = json_object_get(json_object_get(cfg, "ports"), name);
+	return json_is_integer(v) ? (int)json_integer_value(v) : def;
+}
+
+/* The main thread waits here for SIGINT/SIGTERM (stop), SIGHUP (reload) or a leave request. */
+static sigset_t wait_set;
+
+static void request_leave(void *arg)
+{
+	kill(getpid(), SIGTERM);
+}
+
+static void request_reload(void *arg)
+{
+	kill(getpid(), SIGHUP);
+}
+
+static void raise_fd_limit(void)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+}
+
+/* The node ID is kept in the data dir so that a restarted node keeps its identity. */
+static char *load_node_id(const char *data_dir, const char *configured)
+{
+	char path[4096], buf[64] = {0};
+	if (configured)
+		return strdup(configured);
+	if (!data_dir)
+		return NULL;
+	snprintf(path, sizeof(path), "%s/node-id", data_dir);
+	FILE *f = fopen(path, "r");
+	if (f) {
+		size_t n = fread(buf, 1, 36, f);
+		fclose(f);
+		buf[n] = 0;
+		if (dg_uuid_valid(buf))
+			return strdup(buf);
+	}
+	dg_uuid_new(buf);
+	f = fopen(path, "w");
+	if (f) {
+		fputs(buf, f);
+		fclose(f);
+	}
+	return strdup(buf);
+}
+
+static int run_agent(int argc, char **argv)
+{
+	struct agent_config ac = {0};
+	char msg[512];
+	char host[256] = "dcgate";
+	int rv;
+	if (parse_agent_flags(argc, argv, &ac) != 0) {
+		json_decref(ac.merged);
+		return 1;
+	}
+	json_t *cfg = ac.merged;
+	gethostname(host, sizeof(host) - 1);
+	const char *node = cfg_str(cfg, "node_name", host);
+	const char *dc = cfg_str(cfg, "datacenter", "dc1");
+	const char *bind = cfg_str(cfg, "bind_addr", ac.dev ? "127.0.0.1" : "0.0.0.0");
+	const char *client = cfg_str(cfg, "client_addr", "127.0.0.1");
+	const char *data_dir = cfg_str(cfg, "data_dir", NULL);
+	const char *level_s = cfg_str(cfg, "log_level", "info");
+	bool server = ac.dev || json_is_true(json_object_get(cfg, "server"));
+	json_int_t expect = json_integer_value(json_object_get(cfg, "bootstrap_expect"));
+	enum dg_log_level level;
+	if (dg_log_parse_level(level_s, &level) != 0) {
+		fprintf(stderr, "==> Invalid log level: %s\n", level_s);
+		goto fail;
+	}
+	dg_log_set_level(level);
+	if (!ac.dev && !data_dir) {
+		fprintf(stderr, "==> data_dir cannot be empty\n");
+		goto fail;
+	}
+	if (!server) {
+		fprintf(stderr, "==> This agent would be a client agent, which needs servers to join; "
+				"run with -server -bootstrap-expect=1 (or -dev) for a single server\n");
+		goto fail;
+	}
+	if (expect > 1) {
+		fprintf(stderr,
+			"==> -bootstrap-expect=%lld: multi-server datacenters are not supported by "
+			"this version; use -bootstrap-expect=1\n",
+			(long long)expect);
+		goto fail;
+	}
+	if (strcmp(bind, "0.0.0.0") == 0)
+		bind = "127.0.0.1"; /* raft needs one address to advertise */
+	const char *advertise = cfg_str(cfg, "advertise_addr", bind);
+	char *node_id = load_node_id(ac.dev ? NULL : data_dir, cfg_str(cfg, "node_id", NULL));
+	raise_fd_limit();
+	/* one worker per concurrent TCP/HTTP check probe; libuv reads this once */
+	setenv("UV_THREADPOOL_SIZE", "16", 0);
+
+	sigemptyset(&wait_set);
+	sigaddset(&wait_set, SIGINT);
+	sigaddset(&wait_set, SIGTERM);
+	sigaddset(&wait_set, SIGHUP);
+	pthread_sigmask(SIG_BLOCK, &wait_set, NULL); /* every thread made after this inherits it */
+
+	dg_catalog *cat = dg_cat_new(dc);
+	struct dg_lan_config lc = {
+		.node = node,
+		.node_id = node_id,
+		.dc = dc,
+		.bind_addr = bind,
+		.advertise = advertise,
+		.data_dir = ac.dev ? NULL : data_dir,
+		.server_port = cfg_port(cfg, "server", 8300),
+		.dev = ac.dev,
+		.server = server,
+		.check_deregister_min_ns = 60LL * 1000000000LL,
+		.snapshot_threshold = 16384,
+		.version = DG_CONSUL_VERSION,
+	};
+	dg_lan *lan = NULL;
+	if ((rv = dg_lan_start(&lc, cat, &lan, msg, sizeof(msg))) != 0) {
+		fprintf(stderr, "==> Error starting agent: %s\n", msg);
+		dg_cat_free(cat);
+		free(node_id);
+		goto fail;
+	}
+	json_t *self_cfg = json_pack("{s:s, s:s, s:s, s:s, s:b, s:s, s:s}", "Datacenter", dc,
+				     "PrimaryDatacenter", dc, "NodeName", node, "NodeID",
+				     dg_lan_node_id(lan), "Server", server, "Version",
+				     DG_CONSUL_VERSION, "Revision", "dcgate-" DG_VERSION);
+	char *self_text = json_dumps(self_cfg, JSON_COMPACT);
+	json_decref(self_cfg);
+	struct dg_http_config hc = {
+		.bind = client,
+		.port = cfg_port(cfg, "http", 8500),
+		.version = DG_VERSION,
+		.consul_version = DG_CONSUL_VERSION,
+		.domain = "consul.",
+		.config_json = self_text,
+		.on_leave = request_leave,
+		.on_reload = request_reload,
+	};
+	dg_http *http = NULL;
+	if ((rv = dg_http_start(&hc, cat, lan, &http, msg, sizeof(msg))) != 0) {
+		fprintf(stderr, "==> Error starting HTTP API: %s\n", msg);
+		dg_lan_free(lan);
+		dg_cat_free(cat);
+		free(self_text);
+		free(node_id);
+		goto fail;
+	}
+	fprintf(stderr,
+		"==> dcgate agent running!\n"
+		"           Version: 'dcgate v%s (Consul API %s)'\n"
+		"           Node ID: '%s'\n"
+		"         Node name: '%s'\n"
+		"        Datacenter: '%s'\n"
+		"            Server: %s (Bootstrap: true)\n"
+		"       Client Addr: [%s] (HTTP: %d)\n"
+		"      Cluster Addr: %s (raft: %d)\n"
+		"          Data Dir: %s\n",
+		DG_VERSION, DG_CONSUL_VERSION, dg_lan_node_id(lan), node, dc,
+		server ? "true" : "false", client, dg_http_port(http), advertise,
+		lc.server_port, ac.dev ? "(dev: temporary)" : data_dir);
+	DG_LOGI(MAIN, "started; HTTP API on %s:%d", client, dg_http_port(http));
+
+	for (;;) {
+		int sig = 0;
+		if (sigwait(&wait_set, &sig) != 0)
+			continue;
+		if (sig == SIGHUP) {
+			DG_LOGI(MAIN, "reload requested: configuration re-read on next start; "
+				      "nothing to reload in this version");
+			continue;
+		}
+		DG_LOGI(MAIN, "caught signal %d, shutting down", sig);
+		break;
+	}
+	/* raft first: pending writes answer "shutting down" while HTTP is still up */
+	dg_lan_free(lan);
+	dg_http_free(http);
+	dg_cat_free(cat);
+	free(self_text);
+	free(node_id);
+	json_decref(cfg);
+	DG_LOGI(MAIN, "shutdown complete");
+	return 0;
+fail:
+	json_decref(ac.merged);
+	return 1;
+}
+
+static void usage(void)
+{
+	fprintf(stderr, "Usage: dcgate <command> [args]\n\n"
+			"Commands:\n"
+			"  agent        Runs an agent (dcgate agent -dev)\n"
+			"  members      Lists the members of the cluster\n"
+			"  catalog      Lists datacenters, nodes and services\n"
+			"  kv           Reads and writes the KV store\n"
+			"  services     Registers and deregisters services\n"
+			"  info         Shows the agent's details\n"
+			"  join         Joins the agent to a cluster\n"
+			"  leave        Gracefully leaves and shuts down the agent\n"
+			"  reload       Reloads the agent's configuration\n"
+			"  version      Prints the version\n");
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 2) {
+		usage();
+		return 1;
+	}
+	if (strcmp(argv[1], "agent") == 0)
+		return run_agent(argc - 2, argv + 2);
+	if (dg_cli_known(argv[1]))
+		return dg_cli_run(argc - 1, argv + 1);
+	if (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0 ||
+	    strcmp(argv[1], "help") == 0) {
+		usage();
+		return 0;
+	}
+	fprintf(stderr, "Unknown command: %s\n", argv[1]);
+	usage();
+	return 1;
+}

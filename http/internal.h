@@ -1,0 +1,185 @@
+/* Internal API of the HTTP layer: the request object every handler gets, the routes, and helpers
+ * to answer in Consul's shape. Shared by http/ files only.
+ *
+ * A handler is called on the MHD thread once the whole body is in. It answers with one of the
+ * dg_reply_* functions (returning their value) or suspends the request with dg_req_write() (a
+ * raft write) or dg_req_block() (a blocking query). A suspended request is resumed later and its
+ * handler is called again from the top with r->write_done or r->woken set, so handlers are written
+ * as "if the write is done, answer from r->write_result; else validate and write". */
+#ifndef DG_HTTP_INTERNAL_H
+#define DG_HTTP_INTERNAL_H
+
+#include <jansson.h>
+#include <microhttpd.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "catalog/catalog.h"
+#include "common/common.h"
+#include "http/http.h"
+#include "lan/lan.h"
+
+/* Query parameters common to every endpoint, parsed once per request (query.c). */
+struct dg_query {
+	char *dc;          /* NULL when absent or empty */
+	uint64_t index;    /* 0: no blocking */
+	int64_t wait_ns;   /* 0: default */
+	bool stale, consistent, pretty, cached;
+	bool recurse, keys, raw;
+	bool passing;
+	bool wan;
+	char *separator;   /* kv keys */
+	char *tags[16];    /* repeatable tag= */
+	size_t ntags;
+	char *node_meta[16]; /* repeatable node-meta=key:value */
+	size_t nnode_meta;
+	char *filter;
+	char *near;
+	char *token;
+};
+
+/* Parses one key/value pair into q. Returns 0, or DG_EINVAL with Consul's error text in err. */
+int dg_query_set(struct dg_query *q, const char *key, const char *value, char *err, size_t len);
+/* Checks combinations once all pairs are in (stale with consistent, ...). */
+int dg_query_finish(struct dg_query *q, char *err, size_t len);
+void dg_query_fini(struct dg_query *q);
+
+/* Blocking-query timing, Consul's rules: wait capped at 10 min, 5 min when absent, plus jitter
+ * in [0, wait/16). Returns milliseconds. */
+uint64_t dg_query_block_ms(int64_t wait_ns, uint32_t random);
+
+enum dg_method { DG_GET = 1, DG_PUT = 2, DG_POST = 4, DG_DELETE = 8, DG_OPTIONS = 16 };
+
+struct dg_req;
+typedef int (*dg_handler)(struct dg_req *r);
+
+struct dg_route {
+	const char *path; /* "/v1/kv/" */
+	bool prefix;      /* the rest of the path is the argument */
+	unsigned methods; /* DG_GET | DG_PUT ... */
+	dg_handler handler;
+};
+
+struct dg_waiter;
+
+struct dg_req {
+	dg_http *srv;
+	struct MHD_Connection *conn;
+	enum dg_method method;
+	const char *method_text;
+	char *url;  /* path as received */
+	const char *arg; /* the route argument, percent-decoded; "" when none */
+	const struct dg_route *route;
+	struct dg_query q;
+	char *query_err; /* set when a parameter is invalid */
+	struct dg_buf body;
+	bool body_too_big;
+	bool header_seen;
+	bool answered;
+	bool suspended;
+
+	/* a write through raft */
+	bool write_done;
+	int write_status;
+	json_t *write_result;
+
+	/* a blocking query */
+	uint64_t deadline_ms; /* 0 until the first visit computes it */
+	bool woken;
+	struct dg_waiter *waiter;
+
+	/* handler scratch space that survives a suspension */
+	void *scratch;
+	void (*scratch_free)(void *);
+};
+
+/* ---- the server's shared state, for handlers ---- */
+dg_catalog *dg_http_cat(struct dg_req *r);
+dg_lan *dg_http_lan(struct dg_req *r);
+const struct dg_http_config *dg_http_cfg(struct dg_req *r);
+const char *dg_http_node(struct dg_req *r); /* this agent's node name */
+const char *dg_http_dc(struct dg_req *r);
+
+/* ---- answers: each returns MHD_YES/MHD_NO for the handler to return ---- */
+/* 200 with a JSON body (takes ownership of body; NULL means "null"). Adds X-Consul-Index etc.
+ * when index > 0. */
+int dg_reply_json(struct dg_req *r, int status, json_t *body, uint64_t index);
+/* A JSON body already encoded (takes ownership of text). */
+int dg_reply_json_text(struct dg_req *r, int status, char *text, size_t len, uint64_t index);
+/* Plain text (Consul's error shape): status and a text body. index > 0 adds the blocking
+ * headers (404s of blocking reads carry them). */
+int dg_reply_text(struct dg_req *r, int status, const char *text, uint64_t index);
+int dg_reply_textf(struct dg_req *r, int status, uint64_t index, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+/* 200 with an empty body, for void calls. */
+int dg_reply_empty(struct dg_req *r);
+/* Raw bytes with a content type (kv ?raw, metrics text). */
+int dg_reply_raw(struct dg_req *r, int status, const void *data, size_t len,
+		 const char *content_type, uint64_t index);
+/* Answers the failure of a write (r->write_status / an {"Error","Status"} result). */
+int dg_reply_write_error(struct dg_req *r);
+
+/* ---- suspension ---- */
+/* Proposes cmd (ownership passes) through raft and suspends; the handler is called again with
+ * r->write_done set and r->write_status / r->write_result filled (write_result owned by r). */
+int dg_req_write(struct dg_req *r, json_t *cmd);
+/* True when the handler should park instead of answering: ?index was given, the result's index
+ * is not past it, and the wait has not run out. Call with the catalog read lock held or not. */
+bool dg_req_should_block(struct dg_req *r, uint64_t result_index);
+/* Parks the request until a change matching topics (DG_TOPIC_* mask) and key (NULL: any;
+ * prefix: key is a prefix) or the deadline; then the handler runs again. seen_index is
+ * dg_cat_last_index() read under the same read lock as the result. */
+int dg_req_block(struct dg_req *r, unsigned topics, const char *key, bool prefix,
+		 uint64_t seen_index);
+
+/* ---- request bodies (decode.c) ---- */
+/* Parses the body as JSON with Consul's texts: empty -> "Request decode failed: EOF". Depth is
+ * limited to DG_MAX_JSON_DEPTH. Returns a new reference, or NULL with err filled. */
+json_t *dg_decode_body(const char *body, size_t len, char *err, size_t errlen);
+/* Case-insensitive field lookup (Go's encoding/json rule: an exact match first, then any
+ * case-insensitive one); also tries each alias (snake_case names) in the NULL-terminated list. */
+json_t *dg_jget(json_t *obj, const char *name, ...) __attribute__((sentinel));
+/* A duration field: a Go duration string or a number of nanoseconds. 0 when absent/null.
+ * Returns 0 or DG_EINVAL. */
+int dg_jduration(json_t *v, int64_t *ns);
+/* Strings from a field, "" when absent or not a string. */
+const char *dg_jstr(json_t *v);
+
+/* ---- response objects in Consul's field names (encode.c); each returns a new reference ---- */
+json_t *dg_enc_node(const struct dg_cat_node *n, const char *dc);
+/* NodeService: health .Service, catalog/node .Services values. */
+json_t *dg_enc_node_service(const struct dg_cat_service *s);
+/* AgentService: agent/services values. */
+json_t *dg_enc_agent_service(const struct dg_cat_service *s, const char *dc);
+/* ServiceNode: catalog/service elements. */
+json_t *dg_enc_service_node(const struct dg_cat_node *n, const struct dg_cat_service *s,
+			    const char *dc);
+/* HealthCheck; svc gives ServiceTags (NULL for node checks). */
+json_t *dg_enc_check(const struct dg_cat_check *ch, const struct dg_cat_service *svc);
+/* True if every wanted tag is on the service (case-insensitive). */
+bool dg_service_has_tags(const struct dg_cat_service *s, char *const *tags, size_t ntags);
+/* True if the node's Meta has every "key:value" pair. */
+bool dg_node_meta_match(const struct dg_cat_node *n, char *const *pairs, size_t npairs);
+
+/* Route tables, one per endpoint file, each ending with a {NULL} entry. */
+extern const struct dg_route dg_routes_agent[];
+extern const struct dg_route dg_routes_catalog[];
+extern const struct dg_route dg_routes_health[];
+extern const struct dg_route dg_routes_kv[];
+extern const struct dg_route dg_routes_session[];
+extern const struct dg_route dg_routes_status[];
+extern const struct dg_route dg_routes_txn[];
+
+/* Counters for /v1/agent/metrics (server.c). */
+struct dg_http_stats {
+	uint64_t requests;
+	uint64_t waiters_parked;
+	uint64_t waiters_woken;
+	uint64_t waiters_timed_out;
+	uint64_t errors_4xx, errors_5xx;
+};
+void dg_http_stats(struct dg_req *r, struct dg_http_stats *out);
+/* Number of queries parked right now. */
+size_t dg_http_waiters(struct dg_req *r);
+
+#endif

@@ -1,0 +1,82 @@
+/* lan: one datacenter's server runtime: the loop thread that owns raft (libraft, uv backend) and
+ * applies every write to the catalog, plus the agent's local work that runs on the same loop:
+ * its own node registration with serfHealth, the health checks it runs (TCP, HTTP, TTL), the
+ * DeregisterCriticalServiceAfter reaper and session TTLs.
+ *
+ * Threads: dg_lan_* functions may be called from any thread unless marked otherwise; they hand
+ * work to the loop with uv_async_send. Callbacks (dg_lan_write_cb, the change hook) run on the
+ * loop thread with no lock held. */
+#ifndef DG_LAN_H
+#define DG_LAN_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "catalog/catalog.h"
+
+typedef struct dg_lan dg_lan;
+
+struct dg_lan_config {
+	const char *node;      /* node name */
+	const char *node_id;   /* UUID; generated when NULL */
+	const char *dc;        /* datacenter */
+	const char *bind_addr; /* address raft listens on (and the node's address) */
+	const char *advertise; /* address published for this node; bind_addr when NULL */
+	const char *data_dir;  /* raft log and snapshots; NULL with dev */
+	int server_port;       /* raft port, 8300 */
+	bool dev;              /* in-memory style: a temporary data dir removed at exit */
+	bool server;           /* registers the "consul" service */
+	int64_t check_deregister_min_ns; /* floor of DeregisterCriticalServiceAfter, 1m */
+	unsigned snapshot_threshold;     /* raft entries between snapshots */
+	const char *version;             /* for the consul service's Meta */
+};
+
+/* Starts the loop thread, raft and the agent. *out is owned by the caller until dg_lan_free().
+ * Returns 0 or a negative dg error; msg (len bytes) says why. */
+int dg_lan_start(const struct dg_lan_config *cfg, dg_catalog *cat, dg_lan **out, char *msg,
+		 size_t len);
+/* Stops the loop and raft, waits for the thread, frees everything. NULL is fine. */
+void dg_lan_free(dg_lan *l);
+
+bool dg_lan_is_leader(dg_lan *l);
+/* The leader's raft address ("ip:port") into buf, "" when none is known. */
+void dg_lan_leader(dg_lan *l, char *buf, size_t len);
+/* Milliseconds since the leader was last heard from (0 on the leader). */
+uint64_t dg_lan_last_contact_ms(dg_lan *l);
+const char *dg_lan_node(dg_lan *l);
+const char *dg_lan_node_id(dg_lan *l);
+const char *dg_lan_address(dg_lan *l);
+const struct dg_lan_config *dg_lan_config(dg_lan *l);
+
+/* Result of a write, delivered once on the loop thread. status is 0 or a negative dg error
+ * (DG_ENOLEADER, DG_ESHUTDOWN, ...). result is the command's result object (see
+ * dg_cat_apply) or NULL; the callee must json_decref it. */
+typedef void (*dg_lan_write_cb)(void *arg, int status, json_t *result);
+
+/* Proposes cmd (a JSON object; ownership passes to dg_lan_write) through raft. "Now" is filled
+ * in here. Returns 0 (cb will be called exactly once) or an error (cb is never called). */
+int dg_lan_write(dg_lan *l, json_t *cmd, dg_lan_write_cb cb, void *arg);
+
+/* Called on the loop thread, without locks, after each apply that changed something. */
+typedef void (*dg_lan_change_hook)(void *arg, const struct dg_cat_change *v, size_t n);
+void dg_lan_set_change_hook(dg_lan *l, dg_lan_change_hook hook, void *arg);
+
+/* Session TTL bookkeeping on the leader: renew resets the timer. 0 or DG_ENOTFOUND. */
+int dg_lan_session_renew(dg_lan *l, const char *id);
+
+/* Counters for /v1/agent/metrics. */
+struct dg_lan_stats {
+	uint64_t applied;
+	uint64_t apply_errors;
+	uint64_t writes_rejected;
+	uint64_t checks_running;
+	uint64_t check_runs;
+	uint64_t snapshots;
+};
+void dg_lan_stats(dg_lan *l, struct dg_lan_stats *out);
+
+/* Asks the agent to leave: stops serving and makes dg_lan_wait_stop() return. */
+void dg_lan_request_stop(dg_lan *l);
+
+#endif
