@@ -503,6 +503,8 @@ static int check_upsert(dg_catalog *c, struct node_rec *n, json_t *jc, char **er
 	return 0;
 }
 
+static void check_remove(dg_catalog *c, struct node_rec *n, const char *id);
+
 static int apply_register(dg_catalog *c, json_t *cmd, char **err)
 {
 	struct node_rec *n;
@@ -528,6 +530,20 @@ static int apply_register(dg_catalog *c, json_t *cmd, char **err)
 	{
 		if ((rv = check_upsert(c, n, jc, err)) != 0)
 			return rv;
+	}
+	/* ?replace-existing-checks: the service's checks are exactly the ones just given */
+	if (json_is_object(svc) && json_is_true(json_object_get(cmd, "ReplaceServiceChecks"))) {
+		const char *sid = *dg__js(svc, "ID") ? dg__js(svc, "ID") : dg__js(svc, "Service");
+		for (size_t k = n->checks.n; k-- > 0;) {
+			struct dg_cat_check *ch = n->checks.v[k].value;
+			bool keep = false;
+			if (strcmp(ch->service_id, sid) != 0)
+				continue;
+			json_array_foreach(json_object_get(cmd, "Checks"), i, jc)
+				keep = keep || strcmp(dg__js(jc, "CheckID"), ch->id) == 0;
+			if (!keep)
+				check_remove(c, n, ch->id);
+		}
 	}
 	return 0;
 }
