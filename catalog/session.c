@@ -48,6 +48,11 @@ int dg__cat_session_create(dg_catalog *c, json_t *cmd, json_t **result)
 		n_err = asprintf(&err, "Missing node registration");
 		goto fail;
 	}
+	if (dg_map_find(&c->sessions, dg__js(js, "ID")) || !*dg__js(js, "ID")) {
+		n_err = asprintf(&err, "Session ID '%s' is empty or already in use",
+				 dg__js(js, "ID"));
+		goto fail;
+	}
 	size_t i;
 	json_t *v;
 	json_array_foreach(json_object_get(js, "NodeChecks"), i, v)
