@@ -1,0 +1,111 @@
+/* Unit tests for common/: Go durations both ways, base64, the sorted map, number parsing. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "common/common.h"
+
+static void duration_parse_go_forms(void **state)
+{
+	int64_t ns;
+	assert_int_equal(dg_duration_parse("10s", &ns), 0);
+	assert_true(ns == 10000000000LL);
+	assert_int_equal(dg_duration_parse("1m30s", &ns), 0);
+	assert_true(ns == 90000000000LL);
+	assert_int_equal(dg_duration_parse("300000ms", &ns), 0);
+	assert_true(ns == 300000000000LL);
+	assert_int_equal(dg_duration_parse("1.5h", &ns), 0);
+	assert_true(ns == 5400000000000LL);
+	assert_int_equal(dg_duration_parse("250us", &ns), 0);
+	assert_true(ns == 250000);
+	assert_int_equal(dg_duration_parse("0", &ns), 0);
+	assert_true(ns == 0);
+	/* a bare number other than 0 is an error, as in Go */
+	assert_int_equal(dg_duration_parse("5", &ns), DG_EINVAL);
+	assert_int_equal(dg_duration_parse("", &ns), DG_EINVAL);
+	assert_int_equal(dg_duration_parse("10x", &ns), DG_EINVAL);
+	assert_int_equal(dg_duration_parse("s", &ns), DG_EINVAL);
+}
+
+static void duration_format_like_go(void **state)
+{
+	char buf[64];
+	struct {
+		int64_t ns;
+		const char *want;
+	} cases[] = {
+		{0, "0s"},
+		{60000000000LL, "1m0s"},
+		{10000000000LL, "10s"},
+		{1500000000LL, "1.5s"},
+		{5400000000000LL, "1h30m0s"},
+		{250000000LL, "250ms"},
+		{1500, "1.5\xc2\xb5s"},
+		{-2000000000LL, "-2s"},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		assert_int_equal(dg_duration_format(cases[i].ns, buf, sizeof(buf)), 0);
+		assert_string_equal(buf, cases[i].want);
+	}
+}
+
+static void base64_round_trip(void **state)
+{
+	char *b = dg_base64_encode("hello", 5);
+	assert_string_equal(b, "aGVsbG8=");
+	uint8_t *out;
+	size_t len;
+	assert_int_equal(dg_base64_decode(b, strlen(b), &out, &len), 0);
+	assert_int_equal(len, 5);
+	assert_memory_equal(out, "hello", 5);
+	free(out);
+	free(b);
+	assert_int_equal(dg_base64_decode("a$==", 4, &out, &len), DG_EINVAL);
+}
+
+static void map_sorted_and_case_rules(void **state)
+{
+	struct dg_map m;
+	void *old;
+	dg_map_init(&m, true);
+	assert_int_equal(dg_map_put(&m, "Web", (void *)1, &old), 0);
+	assert_int_equal(dg_map_put(&m, "api", (void *)2, &old), 0);
+	assert_int_equal(dg_map_put(&m, "WEB", (void *)3, &old), 0);
+	assert_ptr_equal(old, (void *)1); /* case-insensitive replace */
+	assert_int_equal(m.n, 2);
+	assert_string_equal(m.v[0].key, "api");
+	assert_ptr_equal(dg_map_find(&m, "web"), (void *)3);
+	assert_ptr_equal(dg_map_del(&m, "API"), (void *)2);
+	assert_null(dg_map_find(&m, "api"));
+	dg_map_fini(&m);
+}
+
+static void parse_numbers_and_bools(void **state)
+{
+	uint64_t u;
+	bool b;
+	assert_int_equal(dg_parse_u64("18446744073709551615", &u), 0);
+	assert_true(u == UINT64_MAX);
+	assert_int_equal(dg_parse_u64("18446744073709551616", &u), DG_EINVAL);
+	assert_int_equal(dg_parse_u64("-1", &u), DG_EINVAL);
+	assert_int_equal(dg_parse_u64("", &u), DG_EINVAL);
+	assert_int_equal(dg_parse_bool("True", &b), 0);
+	assert_true(b);
+	assert_int_equal(dg_parse_bool("0", &b), 0);
+	assert_false(b);
+	assert_int_equal(dg_parse_bool("yes", &b), DG_EINVAL);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(duration_parse_go_forms), cmocka_unit_test(duration_format_like_go),
+		cmocka_unit_test(base64_round_trip),	   cmocka_unit_test(map_sorted_and_case_rules),
+		cmocka_unit_test(parse_numbers_and_bools),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
