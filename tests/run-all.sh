@@ -7,12 +7,12 @@ cd "$(dirname "$0")/.."
 jobs=$(nproc 2>/dev/null || echo 2)
 total_pass=0; total_fail=0
 
-count() { # adds the "N passed, N failed" of the last line of a suite's output
-  local line p f
-  line=$(grep -E '[0-9]+ passed, [0-9]+ failed' "$1" | tail -1)
-  p=$(echo "$line" | sed -n 's/.*[^0-9]\?\b\([0-9][0-9]*\) passed.*/\1/p')
-  f=$(echo "$line" | sed -n 's/.* \([0-9][0-9]*\) failed.*/\1/p')
-  total_pass=$((total_pass + ${p:-0})); total_fail=$((total_fail + ${f:-0}))
+count() { # adds the "N passed, N failed" of the last such line of a suite's output
+  local line
+  line=$(grep -oE '[0-9]+ passed, [0-9]+ failed' "$1" | tail -1)
+  [ -n "$line" ] || return 0
+  total_pass=$((total_pass + $(echo "$line" | awk '{print $1}')))
+  total_fail=$((total_fail + $(echo "$line" | awk '{print $3}')))
 }
 
 suite() { # name, command...
