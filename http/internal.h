@@ -116,6 +116,12 @@ int dg_reply_empty(struct dg_req *r);
 /* Raw bytes with a content type (kv ?raw, metrics text). */
 int dg_reply_raw(struct dg_req *r, int status, const void *data, size_t len,
 		 const char *content_type, uint64_t index);
+/* The response cache (cache.c) for reads that depend on one index: dg_reply_cached() answers from
+ * the cache when a body for this path, query and index exists and returns its MHD result, or -1
+ * when there is none; dg_reply_json_cache() answers like dg_reply_json(r, 200, body, index) and
+ * keeps the encoded body for the next identical read. */
+int dg_reply_cached(struct dg_req *r, uint64_t index);
+int dg_reply_json_cache(struct dg_req *r, json_t *body, uint64_t index);
 /* Answers the failure of a write (r->write_status / an {"Error","Status"} result). */
 int dg_reply_write_error(struct dg_req *r);
 
