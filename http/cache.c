@@ -11,8 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define CACHE_MAX_ENTRIES 512
-#define CACHE_MAX_BODY (4 * 1024 * 1024)
+#define CACHE_MAX_ENTRIES 256
+#define CACHE_MAX_BODY (256 * 1024) /* bigger bodies are rebuilt every time */
 
 struct cache_entry {
 	uint64_t index;
