@@ -145,6 +145,13 @@ void dg__cat_session_destroy(dg_catalog *c, const char *id)
 		dg__cat_change(c, DG_TOPIC_KV, key);
 		free(key);
 	}
+	/* expired lock-delays go now, so the table holds only the delays still running */
+	for (size_t i = 0; i < c->lock_delay.n;) {
+		if ((int64_t)(uintptr_t)c->lock_delay.v[i].value <= c->cur_now_ns / 1000000)
+			dg_map_del(&c->lock_delay, c->lock_delay.v[i].key);
+		else
+			i++;
+	}
 	c->idx_sessions = c->cur_index;
 	dg__cat_change(c, DG_TOPIC_SESSIONS, id);
 	dg__cat_session_free(s);

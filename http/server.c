@@ -654,11 +654,11 @@ int dg_http_start(const struct dg_http_config *cfg, dg_catalog *cat, dg_lan *lan
 	return 0;
 }
 
+/* The loop must be stopped first (dg_lan_free), so that no change hook runs during this. */
 void dg_http_free(dg_http *h)
 {
 	if (!h)
 		return;
-	dg_lan_set_change_hook(h->lan, NULL, NULL);
 	pthread_mutex_lock(&h->wmu);
 	h->stopping = true;
 	pthread_cond_signal(&h->wcond);

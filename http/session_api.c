@@ -220,7 +220,8 @@ static int body_ttl(json_t *body, const char **out, char *err, size_t len)
 }
 
 /* Builds {"Op":"session_create","Session":{...}} from the request, with Consul's defaults for
- * every absent field. Returns a new reference, or NULL with a 400 text in err. */
+ * every absent field. Returns a new reference, or NULL with a 400 text in err ("out of memory"
+ * being the one 500). */
 static json_t *create_cmd(struct dg_req *r, char *err, size_t len)
 {
 	json_t *body = NULL, *checks = NULL, *svc_checks = NULL, *cmd = NULL;
@@ -275,9 +276,9 @@ static json_t *create_cmd(struct dg_req *r, char *err, size_t len)
 			"session_create", "Session", "ID", id, "Name", name, "Node", node,
 			"LockDelay", (json_int_t)lock_delay, "Behavior", behavior, "TTL", ttl,
 			"NodeChecks", checks, "ServiceChecks", svc_checks);
-	if (!cmd)
-		snprintf(err, len, "out of memory");
 out:
+	if (!cmd && !err[0])
+		snprintf(err, len, "out of memory");
 	json_decref(svc_checks);
 	json_decref(checks);
 	json_decref(body);

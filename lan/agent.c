@@ -540,6 +540,8 @@ static void session_timers(dg_lan *l, uint64_t now)
 			continue;
 		int64_t ns = 0;
 		dg_duration_parse(seen.v[i].value ? seen.v[i].value : "", &ns);
+		if (ns <= 0)
+			continue; /* "0s" means no TTL */
 		dg_map_put(&a->session_ttl, seen.v[i].key,
 			   (void *)(uintptr_t)(now + 2 * (uint64_t)(ns / 1000000)), NULL);
 	}
@@ -580,7 +582,7 @@ int dg_lan_session_renew(dg_lan *l, const char *id)
 	dg_cat_unlock(l->cat);
 	if (rv != 0 || !a)
 		return rv;
-	if (ttl && *ttl && dg_duration_parse(ttl, &ns) == 0) {
+	if (ttl && *ttl && dg_duration_parse(ttl, &ns) == 0 && ns > 0) {
 		pthread_mutex_lock(&a->ttl_mu);
 		dg_map_put(&a->session_ttl, id,
 			   (void *)(uintptr_t)(dg_now_ms() + 2 * (uint64_t)(ns / 1000000)), NULL);
