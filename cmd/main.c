@@ -449,9 +449,9 @@ static int run_agent(int argc, char **argv)
 		DG_LOGI(MAIN, "caught signal %d, shutting down", sig);
 		break;
 	}
-	/* raft first: pending writes answer "shutting down" while HTTP is still up */
-	dg_lan_free(lan);
+	/* HTTP first, while the loop still answers writes in flight; then raft */
 	dg_http_free(http);
+	dg_lan_free(lan);
 	dg_cat_free(cat);
 	free(self_text);
 	free(node_id);

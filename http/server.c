@@ -42,6 +42,7 @@ struct dg_http {
 	pthread_t deadline_thread;
 
 	struct dg_http_stats stats; /* updated with atomic adds */
+	int writes_in_flight;       /* suspended for a raft write; atomic */
 };
 
 static const struct dg_route *route_tables[] = {
@@ -247,18 +248,22 @@ static void write_cb(void *arg, int status, json_t *result)
 	r->write_status = status;
 	r->write_result = result;
 	r->write_done = true;
+	dg_http *h = r->srv;
 	MHD_resume_connection(r->conn);
+	__atomic_sub_fetch(&h->writes_in_flight, 1, __ATOMIC_RELEASE);
 }
 
 int dg_req_write(struct dg_req *r, json_t *cmd)
 {
 	MHD_suspend_connection(r->conn);
 	r->suspended = true;
+	__atomic_add_fetch(&r->srv->writes_in_flight, 1, __ATOMIC_RELAXED);
 	int rv = dg_lan_write(r->srv->lan, cmd, write_cb, r);
 	if (rv != 0) {
 		r->write_status = rv;
 		r->write_done = true;
 		MHD_resume_connection(r->conn);
+		__atomic_sub_fetch(&r->srv->writes_in_flight, 1, __ATOMIC_RELEASE);
 	}
 	return MHD_YES;
 }
@@ -654,7 +659,8 @@ int dg_http_start(const struct dg_http_config *cfg, dg_catalog *cat, dg_lan *lan
 	return 0;
 }
 
-/* The loop must be stopped first (dg_lan_free), so that no change hook runs during this. */
+/* Call while the loop still runs: parked queries are answered and writes in flight finish
+ * (MHD must not be stopped with suspended connections); then the caller stops the loop. */
 void dg_http_free(dg_http *h)
 {
 	if (!h)
@@ -664,7 +670,12 @@ void dg_http_free(dg_http *h)
 	pthread_cond_signal(&h->wcond);
 	pthread_mutex_unlock(&h->wmu);
 	pthread_join(h->deadline_thread, NULL);
+	for (int i = 0; i < 300 && __atomic_load_n(&h->writes_in_flight, __ATOMIC_ACQUIRE) > 0; i++)
+		usleep(10000);
+	MHD_quiesce_daemon(h->daemon);
+	usleep(20000); /* let MHD's thread answer the connections just resumed */
 	MHD_stop_daemon(h->daemon);
+	dg_lan_set_change_hook(h->lan, NULL, NULL);
 	pthread_mutex_destroy(&h->wmu);
 	pthread_cond_destroy(&h->wcond);
 	free(h);
