@@ -30,7 +30,7 @@ UNIT_BINS := $(UNIT_SRCS:%.c=$(BUILD)/%)
 FUZZ_SRCS := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BINS := $(FUZZ_SRCS:%.c=$(BUILD)/%)
 
-.PHONY: all deps test unit fuzz-replay integration run bench soak format clean check-san
+.PHONY: all deps test unit fuzz fuzz-replay integration run bench soak format clean
 
 all: deps $(BUILD)/dcgate
 
@@ -57,6 +57,20 @@ $(BUILD)/tests/unit/%: tests/unit/%.c $(BUILD)/libdcgate.a
 $(BUILD)/tests/fuzz/%: tests/fuzz/%.c tests/fuzz/replay.c $(BUILD)/libdcgate.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $< tests/fuzz/replay.c $(BUILD)/libdcgate.a $(LDLIBS) $(LDFLAGS)
+
+# Real fuzzing with libFuzzer (clang): `make fuzz FUZZ_SECONDS=60` runs each target for that long
+# on a copy of its corpus and keeps new inputs in build-fuzz/corpus-<target>.
+FUZZ_SECONDS ?= 30
+FUZZ_LIB_SRCS := $(wildcard common/*.c catalog/*.c) http/query.c http/decode.c
+fuzz:
+	@mkdir -p build-fuzz
+	@for src in $(FUZZ_SRCS); do name=$$(basename $$src .c); t=$${name#fuzz_}; \
+	  clang -g -O1 -fsanitize=fuzzer,address,undefined -I. -D_GNU_SOURCE \
+	    $(shell pkg-config --cflags $(PKGS)) -o build-fuzz/$$name $$src $(FUZZ_LIB_SRCS) \
+	    $(shell pkg-config --libs jansson) -lm || exit 1; \
+	  mkdir -p build-fuzz/corpus-$$t && cp -n tests/fuzz/corpus/$$t/* build-fuzz/corpus-$$t/; \
+	  build-fuzz/$$name -max_total_time=$(FUZZ_SECONDS) -max_len=8192 build-fuzz/corpus-$$t || exit 1; \
+	done
 
 unit: all $(UNIT_BINS)
 	@bash tests/run-unit.sh $(BUILD) $(UNIT_BINS)
@@ -85,6 +99,6 @@ format:
 	clang-format -i $(LIB_SRCS) $(CMD_SRCS) $(wildcard */*.h) $(UNIT_SRCS) $(FUZZ_SRCS)
 
 clean:
-	rm -rf build build-san
+	rm -rf build build-san build-fuzz
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
