@@ -37,9 +37,11 @@ const char *dg_strerror(int err);
 #define DG_MAX_JSON_DEPTH    32                        /* nesting of any request body */
 #define DG_MAX_KEY_LEN       2048                      /* KV key, IDs, names */
 #define DG_MAX_TXN_OPS       64
+#define DG_MAX_QUERY_VALUE   8192                      /* one query-string value */
+#define DG_MAX_SERVICE_CHECKS 64                       /* checks in one registration */
 #define DG_MAX_WAITERS       20000                     /* parked blocking queries */
 #define DG_MAX_OUTPUT        4096                      /* check Output */
-#define DG_MAX_HEADER_MEM    (64 * 1024)               /* per-connection header memory */
+#define DG_MAX_HEADER_MEM    (16 * 1024)               /* per-connection header memory */
 
 /* ---- logging ---- */
 enum dg_log_level { DG_LOG_TRACE, DG_LOG_DEBUG, DG_LOG_INFO, DG_LOG_WARN, DG_LOG_ERROR };

@@ -18,7 +18,7 @@ static int set_str(char **dst, const char *v)
 
 int dg_query_set(struct dg_query *q, const char *key, const char *value, char *err, size_t len)
 {
-	if (strlen(value) > DG_MAX_KEY_LEN) {
+	if (strlen(value) > DG_MAX_QUERY_VALUE) {
 		snprintf(err, len, "Query parameter %s is too long", key);
 		return DG_EINVAL;
 	}

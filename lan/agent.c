@@ -202,6 +202,26 @@ static size_t body_write(char *ptr, size_t size, size_t nmemb, void *arg)
 	return n; /* keep reading, but store only the first 4 KiB as Consul does */
 }
 
+/* The reason phrase Go's net/http prints after a status code. */
+static const char *reason_phrase(long code)
+{
+	static const struct {
+		long code;
+		const char *text;
+	} phrases[] = {
+		{200, "OK"},		      {201, "Created"},		{202, "Accepted"},
+		{204, "No Content"},	      {301, "Moved Permanently"}, {302, "Found"},
+		{304, "Not Modified"},	      {400, "Bad Request"},	  {401, "Unauthorized"},
+		{403, "Forbidden"},	      {404, "Not Found"},	  {405, "Method Not Allowed"},
+		{408, "Request Timeout"},     {429, "Too Many Requests"}, {500, "Internal Server Error"},
+		{502, "Bad Gateway"},	      {503, "Service Unavailable"}, {504, "Gateway Timeout"},
+	};
+	for (size_t i = 0; i < sizeof(phrases) / sizeof(phrases[0]); i++)
+		if (phrases[i].code == code)
+			return phrases[i].text;
+	return "";
+}
+
 static void probe_http(struct probe *p)
 {
 	CURL *h = curl_easy_init();
@@ -253,7 +273,7 @@ static void probe_http(struct probe *p)
 			     : code == 429		   ? "warning"
 							   : "critical";
 	set_result(p, status, "HTTP %s %s: %ld %s Output: %s", method, p->target, code,
-		   code >= 200 && code < 300 ? "OK" : "", body->data);
+		   reason_phrase(code), body->data);
 out:
 	curl_slist_free_all(hdrs);
 	if (h)
