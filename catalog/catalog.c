@@ -404,6 +404,19 @@ static int service_upsert(dg_catalog *c, struct node_rec *n, json_t *js)
 		dg__cat_service_free(s);
 		return DG_ENOMEM;
 	}
+	if (old && strcmp(old->name, s->name) != 0) {
+		/* a renamed service: its checks carry the new name */
+		for (size_t i = 0; i < n->checks.n; i++) {
+			struct dg_cat_check *ch = n->checks.v[i].value;
+			char *nm;
+			if (strcmp(ch->service_id, s->id) != 0 || !(nm = strdup(s->name)))
+				continue;
+			free(ch->service_name);
+			ch->service_name = nm;
+			ch->modify_index = c->cur_index;
+			c->idx_checks = c->cur_index;
+		}
+	}
 	dg__cat_service_free(old);
 	c->idx_services = c->cur_index;
 	dg__cat_change(c, DG_TOPIC_SERVICES, NULL);
@@ -435,10 +448,8 @@ static int check_upsert(dg_catalog *c, struct node_rec *n, json_t *jc, char **er
 	const char *sid = dg__js(jc, "ServiceID");
 	struct dg_cat_service *svc = NULL;
 	if (*sid && !(svc = dg_map_find(&n->services, sid))) {
-		if (asprintf(err, "Unknown service \"%s\" for check \"%s\"", sid,
-			     dg__js(jc, "CheckID")) < 0)
-			*err = NULL;
-		return DG_ENOTFOUND;
+		*err = strdup("failed inserting check: Missing service registration");
+		return DG_EIO;
 	}
 	const char *status = dg__js(jc, "Status");
 	if (!*status)

@@ -27,6 +27,9 @@ static enum MHD_Result add_arg(void *cls, enum MHD_ValueKind kind, const char *k
 			       const char *value)
 {
 	struct dg_buf *b = cls;
+	/* index and wait only decide when to answer; the index is compared on its own */
+	if (strcmp(key, "index") == 0 || strcmp(key, "wait") == 0)
+		return MHD_YES;
 	dg_buf_appendf(b, "&%s=%s", key, value ? value : "");
 	return MHD_YES;
 }

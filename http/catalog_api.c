@@ -3,9 +3,10 @@
  *
  * Writes decode the body with Go's rules (case-insensitive keys, null for any object or array,
  * unknown fields ignored), validate with Consul's texts and propose one canonical command, so the
- * FSM never sees client spellings. Reads build their JSON under the catalog read lock and dump it
- * after the lock is released (the catalog never mutates a json_t it has stored, and references
- * taken under the lock keep what we point at alive).
+ * FSM never sees client spellings. Reads build their JSON under the catalog read lock and encode
+ * it after the lock is released (the catalog never mutates a json_t it has stored, and references
+ * taken under the lock keep what we point at alive); the encoded body is kept in the response
+ * cache (cache.c) for its index, so repeated reads cost one copy.
  *
  * ?filter (go-bexpr) is parsed by query.c but not evaluated yet: every read here ignores it and
  * answers unfiltered. ?near is ignored too (no coordinates): the order stays by name. */
@@ -38,7 +39,8 @@ struct rd {
 	char err[512];
 };
 
-static int fail(struct rd *d, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int fail(struct rd *d, int status, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
 
 static int fail(struct rd *d, int status, const char *fmt, ...)
 {
@@ -203,21 +205,31 @@ static int rd_duration(struct rd *d, json_t *obj, const char *where, const char 
 	return dg_jduration(v, ns) == 0 ? 0 : bad_type(d, where, name, v, "time.Duration");
 }
 
-/* go-uuid's ParseUUID, with its texts. */
-static const char *uuid_error(const char *s)
+/* go-uuid's ParseUUID with its texts: 0 when valid, else DG_EINVAL and the reason in buf. */
+static int uuid_check(const char *s, char *buf, size_t len)
 {
-	if (strlen(s) != 36)
-		return "uuid string is wrong length";
-	if (s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-')
-		return "uuid is improperly formatted";
+	if (strlen(s) != 36) {
+		snprintf(buf, len, "uuid string is wrong length");
+		return DG_EINVAL;
+	}
+	if (s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-') {
+		snprintf(buf, len, "uuid is improperly formatted");
+		return DG_EINVAL;
+	}
 	for (int i = 0; i < 36; i++) {
+		unsigned char c = (unsigned char)s[i];
 		if (i == 8 || i == 13 || i == 18 || i == 23)
 			continue;
-		char c = s[i];
-		if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')))
-			return "encoding/hex: invalid byte";
+		if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'))) {
+			/* encoding/hex's InvalidByteError */
+			if (c >= 0x20 && c < 0x7f)
+				snprintf(buf, len, "encoding/hex: invalid byte: U+%04X '%c'", c, c);
+			else
+				snprintf(buf, len, "encoding/hex: invalid byte: U+%04X", c);
+			return DG_EINVAL;
+		}
 	}
-	return NULL;
+	return 0;
 }
 
 /* ---- register ---- */
@@ -583,8 +595,8 @@ static int decode_register(struct dg_req *r, struct rd *d, json_t *body, json_t 
 		rv = fail(d, 500, "Must provide node");
 		goto out;
 	}
-	const char *uerr = *id ? uuid_error(id) : NULL;
-	if (uerr) {
+	char uerr[96];
+	if (*id && uuid_check(id, uerr, sizeof(uerr)) != 0) {
 		rv = fail(d, 500, "Bad node ID: %s", uerr);
 		goto out;
 	}
@@ -713,6 +725,38 @@ static int catalog_deregister(struct dg_req *r)
 
 /* ---- reads ---- */
 
+typedef uint64_t (*index_fn)(struct dg_req *r, dg_catalog *cat);
+/* Builds the answer under the read lock: a new reference, NULL only when out of memory. */
+typedef json_t *(*build_fn)(struct dg_req *r, dg_catalog *cat);
+
+/* One blocking read (the same helper lives in health_api.c): the index and the result are read
+ * under one read lock; a query whose index has not moved parks on topics/key; otherwise the
+ * answer comes from the response cache when a body for this URL exists at this index, else it is
+ * built, then encoded after the lock is released and kept for the next identical read. index
+ * must move whenever the body could change, since the cache trusts it. */
+static int serve_read(struct dg_req *r, unsigned topics, const char *key, index_fn idx,
+		      build_fn build)
+{
+	dg_catalog *cat = dg_http_cat(r);
+	dg_cat_rdlock(cat);
+	uint64_t seen = dg_cat_last_index(cat);
+	uint64_t index = idx(r, cat);
+	if (dg_req_should_block(r, index)) {
+		dg_cat_unlock(cat);
+		return dg_req_block(r, topics, key, false, seen);
+	}
+	int rv = dg_reply_cached(r, index);
+	if (rv != -1) {
+		dg_cat_unlock(cat);
+		return rv;
+	}
+	json_t *out = build(r, cat);
+	dg_cat_unlock(cat);
+	if (!out)
+		return dg_reply_text(r, 500, "out of memory", 0);
+	return dg_reply_json_cache(r, out, index);
+}
+
 static int catalog_datacenters(struct dg_req *r)
 {
 	return dg_reply_json(r, 200, json_pack("[s]", dg_http_dc(r)), 0);
@@ -725,6 +769,7 @@ struct walk {
 	const char *dc;
 };
 
+/* catalog/nodes: depends on the node table only */
 static int add_node(void *arg, const struct dg_cat_node *n)
 {
 	struct walk *w = arg;
@@ -733,26 +778,29 @@ static int add_node(void *arg, const struct dg_cat_node *n)
 	return 0;
 }
 
+static uint64_t nodes_index(struct dg_req *r, dg_catalog *cat)
+{
+	return dg_cat_index_nodes_locked(cat);
+}
+
+static json_t *nodes_build(struct dg_req *r, dg_catalog *cat)
+{
+	struct walk w = {.r = r, .cat = cat, .out = json_array(), .dc = dg_http_dc(r)};
+	if (w.out)
+		dg_cat_nodes_walk_locked(cat, add_node, &w);
+	return w.out;
+}
+
 static int catalog_nodes(struct dg_req *r)
 {
-	dg_catalog *cat = dg_http_cat(r);
 	if (foreign_dc(r, r->q.dc))
 		return no_path(r);
-	dg_cat_rdlock(cat);
-	uint64_t seen = dg_cat_last_index(cat);
-	uint64_t index = dg_cat_index_nodes_locked(cat);
-	if (dg_req_should_block(r, index)) {
-		dg_cat_unlock(cat);
-		return dg_req_block(r, DG_TOPIC_NODES, NULL, false, seen);
-	}
-	struct walk w = {.r = r, .cat = cat, .out = json_array(), .dc = dg_http_dc(r)};
-	dg_cat_nodes_walk_locked(cat, add_node, &w);
-	dg_cat_unlock(cat);
-	return dg_reply_json(r, 200, w.out, index);
+	return serve_read(r, DG_TOPIC_NODES, NULL, nodes_index, nodes_build);
 }
 
 /* catalog/services: name -> the union of its instances' tags, first-seen order. The walk goes by
- * node, so names are collected unordered and sorted at the end (Go sorts map keys). */
+ * node, so names are collected unordered and sorted at the end (Go sorts map keys). Names are
+ * grouped exactly as spelled, as Consul's ServiceList does. */
 struct services_walk {
 	struct dg_req *r;
 	dg_catalog *cat;
@@ -791,27 +839,21 @@ static int cmp_str(const void *a, const void *b)
 	return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
-static int catalog_services(struct dg_req *r)
+/* With ?node-meta the answer also depends on the nodes' Meta. */
+static uint64_t services_index(struct dg_req *r, dg_catalog *cat)
 {
-	dg_catalog *cat = dg_http_cat(r);
-	if (foreign_dc(r, r->q.dc))
-		return no_path(r);
-	/* with ?node-meta the answer also depends on the nodes' Meta */
-	bool by_meta = r->q.nnode_meta > 0;
-	unsigned topics = DG_TOPIC_SERVICES | (by_meta ? DG_TOPIC_NODES : 0);
-	dg_cat_rdlock(cat);
-	uint64_t seen = dg_cat_last_index(cat);
 	uint64_t index = dg_cat_index_services_locked(cat);
-	if (by_meta && dg_cat_index_nodes_locked(cat) > index)
+	if (r->q.nnode_meta && dg_cat_index_nodes_locked(cat) > index)
 		index = dg_cat_index_nodes_locked(cat);
-	if (dg_req_should_block(r, index)) {
-		dg_cat_unlock(cat);
-		return dg_req_block(r, topics, NULL, false, seen);
-	}
-	struct services_walk w = {.r = r, .cat = cat, .names = json_object()};
-	dg_cat_services_all_walk_locked(cat, add_service_tags, &w);
-	dg_cat_unlock(cat);
+	return index;
+}
 
+static json_t *services_build(struct dg_req *r, dg_catalog *cat)
+{
+	struct services_walk w = {.r = r, .cat = cat, .names = json_object()};
+	if (!w.names)
+		return NULL;
+	dg_cat_services_all_walk_locked(cat, add_service_tags, &w);
 	size_t n = json_object_size(w.names), i = 0;
 	const char **keys = calloc(n ? n : 1, sizeof(*keys));
 	json_t *out = json_object(), *e;
@@ -820,19 +862,28 @@ static int catalog_services(struct dg_req *r)
 		free(keys);
 		json_decref(out);
 		json_decref(w.names);
-		return dg_reply_text(r, 500, "out of memory", 0);
+		return NULL;
 	}
 	json_object_foreach(w.names, k, e)
 		keys[i++] = k;
 	qsort(keys, n, sizeof(*keys), cmp_str);
 	for (i = 0; i < n; i++)
-		json_object_set(out, keys[i], json_object_get(json_object_get(w.names, keys[i]), "tags"));
+		json_object_set(out, keys[i],
+				json_object_get(json_object_get(w.names, keys[i]), "tags"));
 	free(keys);
 	json_decref(w.names);
-	return dg_reply_json(r, 200, out, index);
+	return out;
 }
 
-/* catalog/service/:name */
+static int catalog_services(struct dg_req *r)
+{
+	if (foreign_dc(r, r->q.dc))
+		return no_path(r);
+	unsigned topics = DG_TOPIC_SERVICES | (r->q.nnode_meta ? DG_TOPIC_NODES : 0);
+	return serve_read(r, topics, NULL, services_index, services_build);
+}
+
+/* catalog/service/:name: the name's index covers its instances and their nodes */
 static int add_service_node(void *arg, const struct dg_cat_service *s)
 {
 	struct walk *w = arg;
@@ -845,31 +896,32 @@ static int add_service_node(void *arg, const struct dg_cat_service *s)
 	return 0;
 }
 
+static uint64_t service_index(struct dg_req *r, dg_catalog *cat)
+{
+	return dg_cat_index_service_locked(cat, r->arg);
+}
+
+static json_t *service_build(struct dg_req *r, dg_catalog *cat)
+{
+	struct walk w = {.r = r, .cat = cat, .out = json_array(), .dc = dg_http_dc(r)};
+	if (w.out)
+		dg_cat_service_walk_locked(cat, r->arg, add_service_node, &w);
+	return w.out;
+}
+
 static int catalog_service(struct dg_req *r)
 {
-	dg_catalog *cat = dg_http_cat(r);
-	const char *name = r->arg;
-	if (!*name)
+	if (!*r->arg)
 		return dg_reply_text(r, 400, "Missing service name", 0);
 	if (foreign_dc(r, r->q.dc))
 		return no_path(r);
-	dg_cat_rdlock(cat);
-	uint64_t seen = dg_cat_last_index(cat);
-	uint64_t index = dg_cat_index_service_locked(cat, name);
-	if (dg_req_should_block(r, index)) {
-		dg_cat_unlock(cat);
-		return dg_req_block(r, DG_TOPIC_SERVICE, name, false, seen);
-	}
-	struct walk w = {.r = r, .cat = cat, .out = json_array(), .dc = dg_http_dc(r)};
-	dg_cat_service_walk_locked(cat, name, add_service_node, &w);
-	dg_cat_unlock(cat);
-	return dg_reply_json(r, 200, w.out, index);
+	return serve_read(r, DG_TOPIC_SERVICE, r->arg, service_index, service_build);
 }
 
 /* catalog/node/:node ({id: NodeService}) and catalog/node-services/:node ([NodeService]). Both
  * depend on the node and its services; the index is the larger of the two tables', so a removed
- * service still moves it. Only the node's own NODES changes wake them (plus every SERVICES
- * change, which carries no key). */
+ * service still moves it. The node's own NODES changes wake them, and every SERVICES change
+ * (which carries no key). */
 static int add_node_service_map(void *arg, const struct dg_cat_service *s)
 {
 	json_object_set_new(arg, s->id, dg_enc_node_service(s));
@@ -882,52 +934,54 @@ static int add_node_service_list(void *arg, const struct dg_cat_service *s)
 	return 0;
 }
 
-static int node_read(struct dg_req *r, bool as_list)
+static uint64_t node_index(struct dg_req *r, dg_catalog *cat)
 {
-	dg_catalog *cat = dg_http_cat(r);
-	const char *node = r->arg;
-	if (!*node)
-		return dg_reply_text(r, 400, "Missing node name", 0);
-	if (foreign_dc(r, r->q.dc))
-		return no_path(r);
-	dg_cat_rdlock(cat);
-	uint64_t seen = dg_cat_last_index(cat);
 	uint64_t index = dg_cat_index_nodes_locked(cat);
 	if (dg_cat_index_services_locked(cat) > index)
 		index = dg_cat_index_services_locked(cat);
-	if (dg_req_should_block(r, index)) {
-		dg_cat_unlock(cat);
-		return dg_req_block(r, DG_TOPIC_NODES | DG_TOPIC_SERVICES, node, false, seen);
-	}
-	const struct dg_cat_node *n = dg_cat_node_find_locked(cat, node);
-	json_t *out = NULL;
-	if (as_list) {
-		/* Consul: {"Node":null,"Services":[]} for an unknown node */
-		json_t *svcs = json_array();
-		if (n)
-			dg_cat_node_services_walk_locked(cat, n->name, add_node_service_list, svcs);
-		out = json_pack("{s:o, s:o}", "Node", n ? dg_enc_node(n, dg_http_dc(r)) : json_null(),
-				"Services", svcs);
-	} else if (n) {
-		json_t *svcs = json_object();
+	return index;
+}
+
+/* An unknown node is JSON null (200), as Consul answers. */
+static json_t *node_build(struct dg_req *r, dg_catalog *cat)
+{
+	const struct dg_cat_node *n = dg_cat_node_find_locked(cat, r->arg);
+	if (!n)
+		return json_null();
+	json_t *svcs = json_object();
+	if (svcs)
 		dg_cat_node_services_walk_locked(cat, n->name, add_node_service_map, svcs);
-		out = json_pack("{s:o, s:o}", "Node", dg_enc_node(n, dg_http_dc(r)), "Services",
-				svcs);
-	}
-	dg_cat_unlock(cat);
-	if (n && !out)
-		return dg_reply_text(r, 500, "out of memory", index);
-	return dg_reply_json(r, 200, out, index); /* NULL: JSON null, 200, for an unknown node */
+	return json_pack("{s:o, s:o}", "Node", dg_enc_node(n, dg_http_dc(r)), "Services", svcs);
+}
+
+/* An unknown node is {"Node":null,"Services":[]}, as Consul answers. */
+static json_t *node_services_build(struct dg_req *r, dg_catalog *cat)
+{
+	const struct dg_cat_node *n = dg_cat_node_find_locked(cat, r->arg);
+	json_t *svcs = json_array();
+	if (n && svcs)
+		dg_cat_node_services_walk_locked(cat, n->name, add_node_service_list, svcs);
+	return json_pack("{s:o, s:o}", "Node", n ? dg_enc_node(n, dg_http_dc(r)) : json_null(),
+			 "Services", svcs);
+}
+
+static int node_read(struct dg_req *r, build_fn build)
+{
+	if (!*r->arg)
+		return dg_reply_text(r, 400, "Missing node name", 0);
+	if (foreign_dc(r, r->q.dc))
+		return no_path(r);
+	return serve_read(r, DG_TOPIC_NODES | DG_TOPIC_SERVICES, r->arg, node_index, build);
 }
 
 static int catalog_node(struct dg_req *r)
 {
-	return node_read(r, false);
+	return node_read(r, node_build);
 }
 
 static int catalog_node_services(struct dg_req *r)
 {
-	return node_read(r, true);
+	return node_read(r, node_services_build);
 }
 
 const struct dg_route dg_routes_catalog[] = {
