@@ -364,7 +364,9 @@ static int run_agent(int argc, char **argv)
 	if (strcmp(bind, "0.0.0.0") == 0)
 		bind = "127.0.0.1"; /* raft needs one address to advertise */
 	const char *advertise = cfg_str(cfg, "advertise_addr", bind);
-	char *node_id = load_node_id(ac.dev ? NULL : data_dir, cfg_str(cfg, "node_id", NULL));
+	/* -dev with -data-dir keeps its data there; -dev alone uses a temporary directory */
+	bool temp_dir = ac.dev && !data_dir;
+	char *node_id = load_node_id(temp_dir ? NULL : data_dir, cfg_str(cfg, "node_id", NULL));
 	raise_fd_limit();
 	/* one worker per concurrent TCP/HTTP check probe; libuv reads this once */
 	setenv("UV_THREADPOOL_SIZE", "16", 0);
@@ -382,9 +384,9 @@ static int run_agent(int argc, char **argv)
 		.dc = dc,
 		.bind_addr = bind,
 		.advertise = advertise,
-		.data_dir = ac.dev ? NULL : data_dir,
+		.data_dir = temp_dir ? NULL : data_dir,
 		.server_port = cfg_port(cfg, "server", 8300),
-		.dev = ac.dev,
+		.dev = temp_dir,
 		.server = server,
 		.check_deregister_min_ns = 60LL * 1000000000LL,
 		.snapshot_threshold = 16384,
@@ -434,7 +436,7 @@ static int run_agent(int argc, char **argv)
 		"          Data Dir: %s\n",
 		DG_VERSION, DG_CONSUL_VERSION, dg_lan_node_id(lan), node, dc,
 		server ? "true" : "false", client, dg_http_port(http), advertise,
-		lc.server_port, ac.dev ? "(dev: temporary)" : data_dir);
+		lc.server_port, temp_dir ? "(dev: temporary)" : data_dir);
 	DG_LOGI(MAIN, "started; HTTP API on %s:%d", client, dg_http_port(http));
 
 	for (;;) {

@@ -162,6 +162,8 @@ json_t *dg_enc_service_node(const struct dg_cat_node *n, const struct dg_cat_ser
 			    const char *dc);
 /* HealthCheck; svc gives ServiceTags (NULL for node checks). */
 json_t *dg_enc_check(const struct dg_cat_check *ch, const struct dg_cat_service *svc);
+/* Appends a KV DirEntry as JSON text. */
+void dg_enc_kv_entry(struct dg_buf *b, const struct dg_cat_kv *e);
 /* True if every wanted tag is on the service (case-insensitive). */
 bool dg_service_has_tags(const struct dg_cat_service *s, char *const *tags, size_t ntags);
 /* True if the node's Meta has every "key:value" pair. */

@@ -12,23 +12,27 @@ struct keys_walk {
 	char *last; /* last folder emitted, for de-duplication */
 };
 
+/* Appends one DirEntry to the JSON array text being built in arg. */
 static int add_entry(void *arg, const struct dg_cat_kv *e)
 {
-	json_array_append_new(arg, json_pack("{s:I, s:s, s:I, s:o, s:I, s:I}", "LockIndex",
-					     (json_int_t)e->lock_index, "Key", e->key, "Flags",
-					     (json_int_t)e->flags, "Value", json_null(),
-					     "CreateIndex", (json_int_t)e->create_index,
-					     "ModifyIndex", (json_int_t)e->modify_index));
-	json_t *o = json_array_get(arg, json_array_size(arg) - 1);
-	if (e->value_len) {
-		char *b = dg_base64_encode(e->value, e->value_len);
-		if (b)
-			json_object_set_new(o, "Value", json_string(b));
-		free(b);
-	}
-	if (e->session)
-		json_object_set_new(o, "Session", json_string(e->session));
+	struct dg_buf *b = arg;
+	dg_buf_append(b, b->len > 1 ? "," : "", b->len > 1 ? 1 : 0);
+	dg_enc_kv_entry(b, e);
 	return 0;
+}
+
+/* Answers a DirEntry array built as text; ?pretty re-indents it through jansson. */
+static int reply_entries(struct dg_req *r, struct dg_buf *b, uint64_t index)
+{
+	size_t len;
+	dg_buf_append(b, "]", 1);
+	char *text = dg_buf_steal(b, &len);
+	if (r->q.pretty) {
+		json_t *v = json_loadb(text, len, 0, NULL);
+		free(text);
+		return dg_reply_json(r, 200, v, index);
+	}
+	return dg_reply_json_text(r, 200, text, len, index);
 }
 
 static int add_key(void *arg, const struct dg_cat_kv *e)
@@ -77,14 +81,16 @@ static int kv_get(struct dg_req *r)
 		return dg_reply_json(r, 200, w.out, index);
 	}
 	if (r->q.recurse) {
-		json_t *out = json_array();
-		dg_cat_kv_walk_locked(cat, key, add_entry, out);
+		struct dg_buf b;
+		dg_buf_init(&b);
+		dg_buf_append(&b, "[", 1);
+		dg_cat_kv_walk_locked(cat, key, add_entry, &b);
 		dg_cat_unlock(cat);
-		if (json_array_size(out) == 0) {
-			json_decref(out);
+		if (b.len == 1) {
+			dg_buf_fini(&b);
 			return dg_reply_text(r, 404, "", index);
 		}
-		return dg_reply_json(r, 200, out, index);
+		return reply_entries(r, &b, index);
 	}
 	const struct dg_cat_kv *e = dg_cat_kv_find_locked(cat, key);
 	if (!e) {
@@ -97,10 +103,12 @@ static int kv_get(struct dg_req *r)
 		dg_cat_unlock(cat);
 		return rv;
 	}
-	json_t *out = json_array();
-	add_entry(out, e);
+	struct dg_buf b;
+	dg_buf_init(&b);
+	dg_buf_append(&b, "[", 1);
+	add_entry(&b, e);
 	dg_cat_unlock(cat);
-	return dg_reply_json(r, 200, out, index);
+	return reply_entries(r, &b, index);
 }
 
 /* "true"/"false" as Consul answers writes to /v1/kv. */
