@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Runs the integration tests (tests/integration) and the client interop tests (tests/interop)
+# against real dcgate agents on 127.0.0.x, and prints one closing line `N passed, N failed`
+# (`, N skipped` only when something was skipped). Exits non-zero when anything failed.
+#
+# The long tests (the python-consul example, about 2 minutes of waiting for the deregistration;
+# the kill -9 restart test; slow clients; session TTL expiry) mostly wait, so they run as a second
+# group in parallel with the rest; each test starts its own agent on its own loopback address.
+#
+# env: DCGATE_BIN   the agent binary (the Makefile sets it; default build/dcgate)
+#      DCGATE_IT_ONLY  optional space-separated list of test files to run instead of all
+#      DCGATE_IT_FAST=1  a quicker subset (e.g. for a sanitizer build): only the main group,
+#                        without the long tests listed below; it says so on stderr
+#      DCGATE_IT_KEEP  keep the agents' temp dirs and logs
+set -uo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(dirname "$here")"
+export DCGATE_BIN="${DCGATE_BIN:-$root/build/dcgate}"
+py=/usr/bin/python3   # Debian's Python: it has python3-consul; never a pyenv one
+runner="$here/integration/runner.py"
+
+if [ ! -x "$DCGATE_BIN" ]; then
+  echo "run-integration: agent binary $DCGATE_BIN not found (build it with make)" >&2
+  echo "0 passed, 1 failed"
+  exit 1
+fi
+if ! "$py" -c 'import consul' 2>/dev/null; then
+  echo "run-integration: $py cannot import consul (install Debian's python3-consul: make deps)" >&2
+  echo "0 passed, 1 failed"
+  exit 1
+fi
+
+long=(
+  "$here/integration/test_example_register.py"
+  "$here/integration/test_restart.py"
+  "$here/integration/test_slowclient.py"
+  "$here/integration/test_session_ttl.py"
+)
+main=()
+for f in "$here"/integration/test_*.py "$here"/interop/test_*.py; do
+  skip=0
+  for l in "${long[@]}"; do [ "$f" = "$l" ] && skip=1; done
+  [ $skip -eq 0 ] && main+=("$f")
+done
+if [ -n "${DCGATE_IT_ONLY:-}" ]; then
+  read -r -a only <<<"$DCGATE_IT_ONLY"
+  sel_long=(); sel_main=()
+  for o in "${only[@]}"; do
+    p="$(cd "$(dirname "$o")" && pwd)/$(basename "$o")"
+    case " ${long[*]} " in *" $p "*) sel_long+=("$p") ;; *) sel_main+=("$p") ;; esac
+  done
+  long=("${sel_long[@]+"${sel_long[@]}"}"); main=("${sel_main[@]+"${sel_main[@]}"}")
+fi
+
+if [ "${DCGATE_IT_FAST:-0}" = 1 ]; then
+  echo "run-integration: DCGATE_IT_FAST=1: running without: ${long[*]##*/}" >&2
+  long=()
+fi
+
+work="$(mktemp -d /tmp/dcgate-it-run.XXXXXX)"
+trap 'rm -rf "$work"' EXIT
+start=$(date +%s)
+
+run_group() { # name files...
+  local name="$1"; shift
+  if [ $# -eq 0 ]; then echo "0 0 0" >"$work/$name.sum"; return 0; fi
+  # A hard ceiling so a hung agent or client cannot hold the run past the CI budget.
+  timeout -k 10 540 "$py" "$runner" "$work/$name.sum" "$@" >"$work/$name.log" 2>&1
+  local rc=$?
+  if [ ! -s "$work/$name.sum" ]; then
+    echo "run-integration: group $name ended without a summary (exit $rc)" >>"$work/$name.log"
+    echo "0 1 0" >"$work/$name.sum"
+  fi
+}
+
+run_group long "${long[@]+"${long[@]}"}" &
+long_pid=$!
+run_group main "${main[@]+"${main[@]}"}"
+wait "$long_pid"
+
+passed=0; failed=0; skipped=0
+for g in main long; do
+  echo "===== integration group: $g ====="
+  [ -f "$work/$g.log" ] && cat "$work/$g.log"
+  read -r p f s <"$work/$g.sum"
+  passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + s))
+done
+echo "integration: $(( $(date +%s) - start )) s"
+if [ "$skipped" -gt 0 ]; then
+  echo "$passed passed, $failed failed, $skipped skipped"
+else
+  echo "$passed passed, $failed failed"
+fi
+[ "$failed" -eq 0 ]
