@@ -472,6 +472,23 @@ static int find_route(struct dg_req *r)
 	return DG_ENOTFOUND;
 }
 
+/* Endpoints that honour ?dc= (consul-api.md §1.8). Catalog register and deregister take the DC
+ * from the body and check it themselves; agent endpoints and catalog/datacenters never forward. */
+static bool forwardable(const char *path)
+{
+	static const char *prefixes[] = {"/v1/catalog/nodes",	  "/v1/catalog/services",
+					 "/v1/catalog/service/",  "/v1/catalog/node/",
+					 "/v1/catalog/node-services/", "/v1/health/",
+					 "/v1/kv",		  "/v1/session/",
+					 "/v1/txn",		  "/v1/status/",
+					 "/v1/coordinate/nodes",  "/v1/coordinate/node/",
+					 "/v1/event/fire/",	  "/v1/query"};
+	for (size_t i = 0; i < sizeof(prefixes) / sizeof(prefixes[0]); i++)
+		if (strncmp(path, prefixes[i], strlen(prefixes[i])) == 0)
+			return true;
+	return false;
+}
+
 static int dispatch(struct dg_req *r)
 {
 	char allow[64];
@@ -518,6 +535,9 @@ static int dispatch(struct dg_req *r)
 			if (tok)
 				r->q.token = strdup(tok);
 		}
+		/* another datacenter: the one place where federation will forward */
+		if (r->q.dc && strcmp(r->q.dc, dg_cat_dc(r->srv->cat)) != 0 && forwardable(r->url))
+			return dg_reply_text(r, 500, "No path to datacenter", 0);
 		if (r->body_too_big)
 			return dg_reply_textf(r, 413, 0,
 					      "Request body too large, max size: %d bytes",

@@ -42,7 +42,7 @@ if make -s -j"$jobs" SANITIZE=1 all >/tmp/dcgate-build-san.log 2>&1; then
   suite "unit tests (sanitizers)" make -s -j"$jobs" SANITIZE=1 unit
   suite "fuzz corpora (sanitizers)" make -s -j"$jobs" SANITIZE=1 fuzz-replay
   suite "integration quick subset (sanitizers)" env DCGATE_BIN="$PWD/build-san/dcgate" \
-    DCGATE_SANITIZED=1 DCGATE_IT_FAST=1 bash tests/run-integration.sh --quick
+    DCGATE_SANITIZED=1 bash tests/run-integration.sh --quick
 else
   cat /tmp/dcgate-build-san.log; total_fail=$((total_fail + 1))
 fi

@@ -7,12 +7,31 @@
 # the kill -9 restart test; slow clients; session TTL expiry) mostly wait, so they run as a second
 # group in parallel with the rest; each test starts its own agent on its own loopback address.
 #
+# usage: run-integration.sh [--quick]
+#   --quick  a fast core subset (well under 2 minutes, also with a sanitizer build): agent service
+#            register/deregister, KV, catalog and health, two blocking queries, the quick bad-input
+#            tests and the CLI tests; no interop and none of the long or slow-client tests. The
+#            list is `quick` below; a selector that no longer names a test fails the run.
+#
 # env: DCGATE_BIN   the agent binary (the Makefile sets it; default build/dcgate)
-#      DCGATE_IT_ONLY  optional space-separated list of test files to run instead of all
+#      DCGATE_IT_ONLY  optional space-separated list of test files (or file.py::Class[.method])
+#                      to run instead of all; it wins over --quick
 #      DCGATE_IT_FAST=1  a quicker subset (e.g. for a sanitizer build): only the main group,
 #                        without the long tests listed below; it says so on stderr
+#      DCGATE_SANITIZED=1  the binary is built with ASan/UBSan: sanitizer reports (of the agents
+#                        and of the CLI processes) go to files that are printed at the end, and
+#                        any report counts as one failure (leaks show only at exit, when no test
+#                        is looking); the tests use longer timeouts
 #      DCGATE_IT_KEEP  keep the agents' temp dirs and logs
 set -uo pipefail
+
+quick=0
+case "${1:-}" in
+  "") ;;
+  --quick) quick=1; shift ;;
+  *) echo "usage: $0 [--quick]" >&2; echo "0 passed, 1 failed"; exit 2 ;;
+esac
+if [ $# -gt 0 ]; then echo "usage: $0 [--quick]" >&2; echo "0 passed, 1 failed"; exit 2; fi
 
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(dirname "$here")"
@@ -43,17 +62,39 @@ for f in "$here"/integration/test_*.py "$here"/interop/test_*.py; do
   for l in "${long[@]}"; do [ "$f" = "$l" ] && skip=1; done
   [ $skip -eq 0 ] && main+=("$f")
 done
+it="$here/integration"
+quick_tests=(
+  "$it/test_agent.py::AgentServiceTest"
+  "$it/test_kv.py::KVTest"
+  "$it/test_catalog_health.py"
+  "$it/test_http.py::BlockingTest.test_kv_returns_on_change"
+  "$it/test_http.py::BlockingTest.test_catalog_services_wakes_on_register"
+  "$it/test_badinput.py::BadInputTest.test_malformed_json"
+  "$it/test_badinput.py::BadInputTest.test_deep_nesting"
+  "$it/test_badinput.py::BadInputTest.test_oversized_bodies"
+  "$it/test_badinput.py::BadInputTest.test_huge_header"
+  "$it/test_badinput.py::BadInputTest.test_truncated_body"
+  "$it/test_badinput.py::BadInputTest.test_bad_query_values"
+  "$it/test_cli.py"
+)
+ceiling=540
+if [ $quick -eq 1 ] && [ -z "${DCGATE_IT_ONLY:-}" ]; then
+  echo "run-integration: --quick: core subset only (no interop, long or slow-client tests)" >&2
+  long=(); main=("${quick_tests[@]}")
+  ceiling=300
+fi
 if [ -n "${DCGATE_IT_ONLY:-}" ]; then
   read -r -a only <<<"$DCGATE_IT_ONLY"
   sel_long=(); sel_main=()
   for o in "${only[@]}"; do
+    sel=""; case "$o" in *::*) sel="::${o#*::}"; o="${o%%::*}" ;; esac
     p="$(cd "$(dirname "$o")" && pwd)/$(basename "$o")"
-    case " ${long[*]} " in *" $p "*) sel_long+=("$p") ;; *) sel_main+=("$p") ;; esac
+    case " ${long[*]} " in *" $p "*) sel_long+=("$p$sel") ;; *) sel_main+=("$p$sel") ;; esac
   done
   long=("${sel_long[@]+"${sel_long[@]}"}"); main=("${sel_main[@]+"${sel_main[@]}"}")
 fi
 
-if [ "${DCGATE_IT_FAST:-0}" = 1 ]; then
+if [ "${DCGATE_IT_FAST:-0}" = 1 ] && [ ${#long[@]} -gt 0 ]; then
   echo "run-integration: DCGATE_IT_FAST=1: running without: ${long[*]##*/}" >&2
   long=()
 fi
@@ -62,11 +103,18 @@ work="$(mktemp -d /tmp/dcgate-it-run.XXXXXX)"
 trap 'rm -rf "$work"' EXIT
 start=$(date +%s)
 
+if [ "${DCGATE_SANITIZED:-0}" = 1 ]; then
+  # Reports land in $work/san.<pid> instead of the agents' logs (deleted with their temp dirs).
+  mkdir -p "$work/san"
+  export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}log_path=$work/san/asan"
+  export UBSAN_OPTIONS="${UBSAN_OPTIONS:+$UBSAN_OPTIONS:}log_path=$work/san/ubsan"
+fi
+
 run_group() { # name files...
   local name="$1"; shift
   if [ $# -eq 0 ]; then echo "0 0 0" >"$work/$name.sum"; return 0; fi
   # A hard ceiling so a hung agent or client cannot hold the run past the CI budget.
-  timeout -k 10 540 "$py" "$runner" "$work/$name.sum" "$@" >"$work/$name.log" 2>&1
+  timeout -k 10 "$ceiling" "$py" "$runner" "$work/$name.sum" "$@" >"$work/$name.log" 2>&1
   local rc=$?
   if [ ! -s "$work/$name.sum" ]; then
     echo "run-integration: group $name ended without a summary (exit $rc)" >>"$work/$name.log"
@@ -86,6 +134,16 @@ for g in main long; do
   read -r p f s <"$work/$g.sum"
   passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + s))
 done
+if [ "${DCGATE_SANITIZED:-0}" = 1 ]; then
+  reports=("$work"/san/*)
+  if [ -e "${reports[0]}" ]; then
+    echo "===== sanitizer reports (${#reports[@]} files) ====="
+    for r in "${reports[@]}"; do echo "--- ${r##*/}"; head -c 20000 "$r"; done
+    failed=$((failed + 1))
+  else
+    echo "sanitizers: no reports"
+  fi
+fi
 echo "integration: $(( $(date +%s) - start )) s"
 if [ "$skipped" -gt 0 ]; then
   echo "$passed passed, $failed failed, $skipped skipped"

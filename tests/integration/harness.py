@@ -29,7 +29,8 @@ HTTP_PORT = 8500
 SERVER_PORT = 8300
 # Ports the agent may bind on its own address besides the two above (LAN gossip, WAN, DNS).
 OTHER_PORTS = (8301, 8302, 8600)
-LEADER_TIMEOUT = 20.0
+# A sanitizer build (run-integration.sh sets DCGATE_SANITIZED=1) starts and answers slower.
+LEADER_TIMEOUT = 60.0 if os.environ.get("DCGATE_SANITIZED") == "1" else 20.0
 LOCK_DIR = os.path.join(tempfile.gettempdir(), "dcgate-it-addr")
 ADDR_RANGE = range(20, 251)
 
@@ -313,6 +314,7 @@ class AgentTestCase(unittest.TestCase):
     names (keys, services) of their own. On a failure the agent's log tail is printed.
     """
 
+    maxDiff = None
     agent_kwargs = {}
     agent = None
     _start_error = None

@@ -1,6 +1,10 @@
 """Runs unittest files and writes 'passed failed skipped' counts to a summary file.
 
-usage: /usr/bin/python3 runner.py SUMMARY_FILE test_file.py [test_file.py ...]
+usage: /usr/bin/python3 runner.py SUMMARY_FILE test_file.py[::Class[.method]] ...
+
+A bare file runs all its tests; `file.py::Class` or `file.py::Class.method` runs only those (the
+same file may be named several times; it is imported once). A selector that names nothing is a
+failure, so a renamed test cannot silently drop out of a subset.
 
 Counting is per test method: a test that fails in several ways counts once; an error outside a
 test (a module that does not import, a tearDownClass error) counts as one failure of its own, so
@@ -59,7 +63,12 @@ class CountingResult(unittest.TextTestResult):
             self._mark(test, "fail")
 
 
+_modules = {}
+
+
 def load(path):
+    if path in _modules:
+        return _modules[path]
     name = os.path.splitext(os.path.basename(path))[0]
     d = os.path.dirname(os.path.abspath(path))
     for p in (d, os.path.join(os.path.dirname(d), "integration")):
@@ -69,18 +78,31 @@ def load(path):
     mod = importlib.util.module_from_spec(spec)
     sys.modules[name] = mod
     spec.loader.exec_module(mod)
-    return unittest.defaultTestLoader.loadTestsFromModule(mod)
+    _modules[path] = mod
+    return mod
+
+
+def load_tests(arg):
+    """The tests of one argument: file.py, file.py::Class or file.py::Class.method."""
+    path, _, sel = arg.partition("::")
+    mod = load(path)
+    if not sel:
+        return unittest.defaultTestLoader.loadTestsFromModule(mod)
+    suite = unittest.defaultTestLoader.loadTestsFromName(sel, mod)
+    if suite.countTestCases() == 0:
+        raise LookupError("%s names no test" % arg)
+    return suite
 
 
 def main():
     summary = sys.argv[1]
     suite = unittest.TestSuite()
     counts = {"pass": 0, "fail": 0, "skip": 0}
-    for path in sys.argv[2:]:
+    for arg in sys.argv[2:]:
         try:
-            suite.addTests(load(path))
+            suite.addTests(load_tests(arg))
         except Exception:
-            sys.stderr.write("ERROR: cannot load %s\n%s" % (path, traceback.format_exc()))
+            sys.stderr.write("ERROR: cannot load %s\n%s" % (arg, traceback.format_exc()))
             counts["fail"] += 1
     runner = unittest.TextTestRunner(stream=sys.stderr, verbosity=2, resultclass=CountingResult)
     result = runner.run(suite)

@@ -1,7 +1,9 @@
 """Agent endpoints: self, service register/deregister, checks and TTL updates, maintenance, leave.
 Contract: consul-api.md §3."""
 
+import http.server
 import socket
+import threading
 import unittest
 
 from harness import Agent, AgentTestCase, wait_until
@@ -66,6 +68,7 @@ class AgentServiceTest(AgentTestCase):
         self.assertEqual(s["Meta"], {"k": "v"})
         self.assertEqual(s["Port"], 0)
         self.assertEqual(s.get("Datacenter"), "dc1")
+        self.assertEqual(s["Weights"], {"Passing": 1, "Warning": 1})
 
     def test_register_ttl_check_default_critical(self):
         body = {"Name": "ttlsvc", "ID": "ttlsvc1", "Check": {"TTL": "60s"}}
@@ -122,6 +125,26 @@ class AgentServiceTest(AgentTestCase):
         r = self.a.put("/v1/agent/service/register", b"")
         self.assertErrorText(r, 400, "Request decode failed: EOF")
         self.assertNotIn("bad", self.services())
+
+    def test_register_validation_texts(self):
+        r = self.a.put("/v1/agent/service/register", {"Name": "zero", "Address": "0.0.0.0"})
+        self.assertErrorText(r, 400, "Invalid service address")
+        r = self.a.put("/v1/agent/service/register", {"Name": "badst", "Check": {"TTL": "10s", "Status": "meh"}})
+        self.assertErrorText(r, 400, "Status for checks must 'passing', 'warning', 'critical'")
+        self.assertNotIn("zero", self.services())
+        self.assertNotIn("badst", self.services())
+
+    def test_replace_existing_checks(self):
+        body = {"Name": "rep", "Checks": [{"TTL": "60s"}, {"TTL": "60s"}]}
+        self.assertEmpty200(self.a.put("/v1/agent/service/register", body))
+        # Without the flag, re-registering keeps checks that are not in the new definition.
+        self.assertEmpty200(self.a.put("/v1/agent/service/register", {"Name": "rep", "Check": {"TTL": "60s"}}))
+        ids = {c for c in self.checks() if c.startswith("service:rep")}
+        self.assertEqual(ids, {"service:rep", "service:rep:1", "service:rep:2"})
+        self.assertEmpty200(self.a.put("/v1/agent/service/register?replace-existing-checks",
+                                       {"Name": "rep", "Check": {"TTL": "60s"}}))
+        ids = {c for c in self.checks() if c.startswith("service:rep")}
+        self.assertEqual(ids, {"service:rep"})
 
     def test_deregister_unknown_404(self):
         for m in ("PUT", "GET"):
@@ -241,9 +264,43 @@ class AgentCheckTest(AgentTestCase):
             c = wait_until(lambda: (lambda c: c if c["Status"] == "passing" else None)(self.check("tcpok")),
                            30, 0.25, "tcp check to pass")
             self.assertEqual(c["Type"], "tcp")
+            self.assertIn("Success", c["Output"])
         finally:
             srv.close()
         wait_until(lambda: self.check("tcpok")["Status"] == "critical", 30, 0.25, "tcp check to go critical")
+
+    def test_http_check_statuses(self):
+        state = {"code": 200}
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                body = b"body-%d" % state["code"]
+                self.send_response(state["code"])
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        srv = http.server.ThreadingHTTPServer((self.a.addr, 0), H)
+        t = threading.Thread(target=srv.serve_forever, daemon=True)
+        t.start()
+        try:
+            url = "http://%s:%d/health" % (self.a.addr, srv.server_address[1])
+            body = {"Name": "httpchk", "HTTP": url, "Interval": "1s", "Timeout": "2s"}
+            self.assertEmpty200(self.a.put("/v1/agent/check/register", body))
+            for code, status in ((200, "passing"), (429, "warning"), (503, "critical"), (204, "passing")):
+                state["code"] = code
+                c = wait_until(lambda: (lambda c: c if c["Status"] == status else None)(self.check("httpchk")),
+                               30, 0.25, "http check %s after HTTP %d" % (status, code))
+                self.assertEqual(c["Type"], "http")
+                self.assertTrue(c["Output"].startswith("HTTP GET %s: %d" % (url, code)), c["Output"])
+                if code != 204:
+                    self.assertIn("body-%d" % code, c["Output"])
+        finally:
+            srv.shutdown()
+            srv.server_close()
 
 
 class MaintenanceTest(AgentTestCase):

@@ -90,6 +90,40 @@ class ConventionsTest(AgentTestCase):
         r = self.a.get("/")
         self.assertIn(r.status, (200, 301), r)
 
+    def test_unknown_datacenter(self):
+        # §1.8: forwardable endpoints with an unknown ?dc answer 500 "No path to datacenter"
+        # (and a write must not land in the local DC); agent endpoints ignore ?dc.
+        node = self.a.node
+        cases = [("GET", "/v1/catalog/nodes", None), ("GET", "/v1/catalog/services", None),
+                 ("GET", "/v1/catalog/service/consul", None), ("GET", "/v1/catalog/node/" + node, None),
+                 ("GET", "/v1/health/service/consul", None), ("GET", "/v1/health/state/any", None),
+                 ("GET", "/v1/health/node/" + node, None), ("GET", "/v1/health/checks/consul", None),
+                 ("GET", "/v1/kv/dcx/k", None), ("GET", "/v1/kv/dcx/?recurse", None),
+                 ("PUT", "/v1/kv/dcx/k", b"remote"), ("DELETE", "/v1/kv/dcx/keep", None),
+                 ("GET", "/v1/session/list", None), ("GET", "/v1/session/node/" + node, None),
+                 ("GET", "/v1/session/info/00000000-0000-0000-0000-000000000000", None),
+                 ("PUT", "/v1/session/create", None),
+                 ("PUT", "/v1/txn", [{"KV": {"Verb": "set", "Key": "dcx/t", "Value": "dg=="}}]),
+                 ("GET", "/v1/status/leader", None), ("GET", "/v1/status/peers", None)]
+        self.assertOK(self.a.put("/v1/kv/dcx/keep", b"local"))
+        wrong = []
+        for method, path, body in cases:
+            sep = "&" if "?" in path else "?"
+            url = path + sep + "dc=nowhere"
+            r = self.a.request(method, url, body)
+            if r.status != 500 or "No path to datacenter" not in r.text:
+                wrong.append("%s %s -> %d %r" % (method, url, r.status, r.body[:60]))
+        if self.a.get("/v1/kv/dcx/k").status != 404:
+            wrong.append("PUT /v1/kv/dcx/k?dc=nowhere wrote the key in the local DC")
+        if self.a.get("/v1/kv/dcx/t").status != 404:
+            wrong.append("PUT /v1/txn?dc=nowhere wrote the key in the local DC")
+        if self.a.get("/v1/kv/dcx/keep").status != 200:
+            wrong.append("DELETE /v1/kv/dcx/keep?dc=nowhere deleted the local key")
+        self.assertEqual(wrong, [], "expected 500 'No path to datacenter' and no local effect")
+        self.assertOK(self.a.get("/v1/catalog/nodes?dc=dc1"))
+        self.assertOK(self.a.get("/v1/agent/self?dc=nowhere"))
+        self.assertOK(self.a.get("/v1/agent/services?dc=nowhere"))
+
     def test_pretty(self):
         r = self.a.get("/v1/agent/self?pretty")
         self.assertOK(r)

@@ -153,6 +153,25 @@ class SessionTest(AgentTestCase):
         self.assertEqual(unb64(self.kv("lockd/k")["Value"]), b"val")
         self.destroy(s2)
 
+    def test_invalidated_when_check_goes_critical(self):
+        r = self.a.put("/v1/agent/check/register", {"Name": "sesschk", "TTL": "300s", "Status": "passing"})
+        self.assertEmpty200(r)
+        sid = self.create({"Checks": ["serfHealth", "sesschk"], "LockDelay": "0s"})
+        self.assertIn("sesschk", self.info(sid)[0]["Checks"])
+        self.assertIs(self.acquire("sesschk/lock", sid, b"v"), True)
+        self.assertEmpty200(self.a.put("/v1/agent/check/fail/sesschk"))
+        self.assertEqual(self.info(sid), [])
+        e = self.kv("sesschk/lock")
+        self.assertNotIn("Session", e)
+        self.assertEqual(unb64(e["Value"]), b"v")
+
+    def test_create_with_critical_check_refused(self):
+        r = self.a.put("/v1/agent/check/register", {"Name": "critchk", "TTL": "300s"})
+        self.assertEmpty200(r)
+        r = self.a.put("/v1/session/create", {"Checks": ["serfHealth", "critchk"]})
+        self.assertStatus(r, 500)
+        self.assertIn("critical", r.text)
+
     def test_behavior_delete(self):
         s = self.create({"Behavior": "delete", "LockDelay": "0s"})
         self.assertIs(self.acquire("eph/node1", s, b"here"), True)
