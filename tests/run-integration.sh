@@ -55,6 +55,7 @@ long=(
   "$here/integration/test_restart.py"
   "$here/integration/test_slowclient.py"
   "$here/integration/test_session_ttl.py"
+  "$here/integration/test_many_waiters.py"
 )
 main=()
 for f in "$here"/integration/test_*.py "$here"/interop/test_*.py; do
