@@ -2,7 +2,7 @@
 # Sources are found per folder; objects go to build/ (or build-san/ with SANITIZE=1).
 
 CC      ?= cc
-PKGS    := libmicrohttpd jansson libuv raft libcurl
+PKGS    := libmicrohttpd jansson libuv raft libcurl openssl
 SANITIZE ?= 0
 ifeq ($(SANITIZE),1)
 BUILD   := build-san
@@ -16,10 +16,10 @@ endif
 
 CFLAGS  += -std=gnu11 $(OPT) -Wall -Wextra -Werror -Wno-unused-parameter -Wno-format-truncation -Wshadow -pthread \
            -I. $(shell pkg-config --cflags $(PKGS)) $(SANFLAGS) -MMD -MP -D_GNU_SOURCE
-LDLIBS  += $(shell pkg-config --libs $(PKGS)) -lm -pthread
+LDLIBS  += $(shell pkg-config --libs $(PKGS)) -lnng -lm -pthread
 LDFLAGS += $(SANFLAGS)
 
-LIB_DIRS := common catalog lan http
+LIB_DIRS := common catalog tls wan lan http
 LIB_SRCS := $(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.c))
 LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/%.o)
 CMD_SRCS := $(wildcard cmd/*.c)
