@@ -2,7 +2,7 @@
 # Sources are found per folder; objects go to build/ (or build-san/ with SANITIZE=1).
 
 CC      ?= cc
-PKGS    := libmicrohttpd jansson libuv raft libcurl openssl
+PKGS    := libmicrohttpd jansson libuv raft libcurl openssl gnutls
 SANITIZE ?= 0
 ifeq ($(SANITIZE),1)
 BUILD   := build-san

@@ -20,6 +20,12 @@ struct dg_http_config {
 	void (*on_leave)(void *arg);  /* PUT /v1/agent/leave */
 	void (*on_reload)(void *arg); /* PUT /v1/agent/reload */
 	void *cb_arg;
+	/* HTTPS on its own port (0: off), from PEM files; verify_incoming asks HTTPS clients for a
+	 * certificate of the CA and refuses those without one. */
+	int https_port;
+	const char *https_cert_file, *https_key_file, *https_ca_file;
+	bool https_verify_incoming;
+	bool https_min_tls13; /* else TLS 1.2 is the lowest */
 };
 
 /* Starts serving. *out is the caller's until dg_http_free(). msg says why on failure. */
@@ -27,6 +33,12 @@ int dg_http_start(const struct dg_http_config *cfg, dg_catalog *cat, dg_lan *lan
 		  char *msg, size_t len);
 /* Stops the listener, answers every parked blocking query, frees. NULL is fine. */
 void dg_http_free(dg_http *h);
+/* Loads the HTTPS certificate, key and CA files again: new HTTPS connections use them, live
+ * ones carry on with the old ones. 0, or an error with msg. No-op without HTTPS. */
+int dg_http_reload_tls(dg_http *h, const char *cert_file, const char *key_file,
+		       const char *ca_file, char *msg, size_t len);
+/* The HTTPS port actually bound, 0 when off. */
+int dg_http_https_port(dg_http *h);
 /* The port actually bound (useful with port 0). */
 int dg_http_port(dg_http *h);
 

@@ -6,6 +6,7 @@
  * their connections after dropping `wmu`. A request on no list and suspended is owned by whoever
  * holds its pending resume (a write callback or the waker); nothing else touches it. */
 #include "http/internal.h"
+#include "http/https.h"
 
 #include <arpa/inet.h>
 #include <pthread.h>
@@ -43,6 +44,9 @@ struct dg_http {
 
 	struct dg_http_stats stats; /* updated with atomic adds */
 	int writes_in_flight;       /* suspended for a raft write; atomic */
+	struct dg_https https;
+	struct sockaddr_in https_sa;
+	uint64_t last_reap_s; /* deadline thread only */
 };
 
 static const struct dg_route *route_tables[] = {
@@ -360,6 +364,10 @@ static void *deadline_main(void *arg)
 		}
 		pthread_cond_timedwait(&h->wcond, &h->wmu, &ts);
 		uint64_t now = dg_now_ms();
+		if (h->cfg.https_port && now / 1000 != h->last_reap_s) {
+			h->last_reap_s = now / 1000;
+			dg_https_reap(&h->https);
+		}
 		struct dg_waiter *wake = NULL;
 		size_t count = 0;
 		for (struct dg_waiter *w = h->waiters, *next; w; w = next) {
@@ -577,6 +585,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 	if (!r) {
 		/* first call: headers only. Answering now would cost keep-alive (MHD 0.9.75), so
 		 * only set up and answer on a later call. */
+		if (h->cfg.https_verify_incoming && !dg_https_client_ok(conn))
+			return MHD_NO; /* closes the connection */
 		r = calloc(1, sizeof(*r));
 		if (!r)
 			return MHD_NO;
@@ -646,6 +656,8 @@ int dg_http_start(const struct dg_http_config *cfg, dg_catalog *cat, dg_lan *lan
 	h->cfg = *cfg;
 	h->cat = cat;
 	h->lan = lan;
+	pthread_mutex_init(&h->https.mu, NULL);
+	h->https.listen_fd = -1;
 	pthread_mutex_init(&h->wmu, NULL);
 	pthread_cond_init(&h->wcond, NULL);
 	if (pthread_create(&h->deadline_thread, NULL, deadline_main, h) != 0) {
@@ -675,8 +687,43 @@ int dg_http_start(const struct dg_http_config *cfg, dg_catalog *cat, dg_lan *lan
 	}
 	const union MHD_DaemonInfo *info = MHD_get_daemon_info(h->daemon, MHD_DAEMON_INFO_BIND_PORT);
 	h->port = info ? info->port : cfg->port;
+	if (cfg->https_port) {
+		char tmsg[256];
+		h->https_sa = sa;
+		h->https_sa.sin_port = htons((uint16_t)cfg->https_port);
+		if (dg_http_reload_tls(h, cfg->https_cert_file, cfg->https_key_file,
+				       cfg->https_ca_file, tmsg, sizeof(tmsg)) != 0) {
+			snprintf(msg, len, "HTTPS on %s:%d: %s", cfg->bind, cfg->https_port, tmsg);
+			dg_http_free(h);
+			return DG_EIO;
+		}
+	}
 	*out = h;
 	return 0;
+}
+
+int dg_http_reload_tls(dg_http *h, const char *cert_file, const char *key_file,
+		       const char *ca_file, char *msg, size_t len)
+{
+	if (!h->cfg.https_port)
+		return 0;
+	struct dg_https_params p = {
+		.addr = (struct sockaddr *)&h->https_sa,
+		.cert_file = cert_file,
+		.key_file = key_file,
+		.ca_file = ca_file,
+		.verify_incoming = h->cfg.https_verify_incoming,
+		.min_tls13 = h->cfg.https_min_tls13,
+		.handler = on_request,
+		.completed = on_completed,
+		.handler_arg = h,
+	};
+	return dg_https_start(&h->https, &p, msg, len);
+}
+
+int dg_http_https_port(dg_http *h)
+{
+	return h->cfg.https_port ? h->https.port : 0;
 }
 
 /* Call while the loop still runs: parked queries are answered and writes in flight finish
@@ -694,6 +741,8 @@ void dg_http_free(dg_http *h)
 		usleep(10000);
 	MHD_quiesce_daemon(h->daemon);
 	usleep(20000); /* let MHD's thread answer the connections just resumed */
+	dg_https_stop(&h->https);
+	pthread_mutex_destroy(&h->https.mu);
 	MHD_stop_daemon(h->daemon);
 	dg_lan_set_change_hook(h->lan, NULL, NULL);
 	pthread_mutex_destroy(&h->wmu);

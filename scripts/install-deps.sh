@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   build-essential pkg-config
   libraft-dev libuv1-dev libmicrohttpd-dev libjansson-dev libcurl4-openssl-dev
-  libssl-dev libnng-dev libcmocka-dev
+  libssl-dev libnng-dev libcmocka-dev libgnutls28-dev openssl
   python3 python3-consul curl procps iproute2
   nodejs npm wrk nginx-light
 )
