@@ -14,6 +14,7 @@ Uses Debian's python3-consul (0.7.1): run it with /usr/bin/python3.
 
 import argparse
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -109,6 +110,7 @@ def main():
         if web.poll() is None:
             web.kill()
             web.wait(10)
+        shutil.rmtree(webroot, ignore_errors=True)
 
 
 if __name__ == "__main__":
