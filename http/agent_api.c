@@ -251,22 +251,6 @@ struct dec {
 	char err[512];
 };
 
-static const char *json_kind(json_t *v)
-{
-	switch (json_typeof(v)) {
-	case JSON_OBJECT:
-		return "object";
-	case JSON_ARRAY:
-		return "array";
-	case JSON_STRING:
-		return "string";
-	case JSON_INTEGER:
-	case JSON_REAL:
-		return "number";
-	default:
-		return "bool";
-	}
-}
 
 static void dec_type_error(struct dec *d, json_t *v, const char *field, const char *gotype)
 {
@@ -276,7 +260,7 @@ static void dec_type_error(struct dec *d, json_t *v, const char *field, const ch
 	snprintf(
 	    d->err, sizeof(d->err),
 	    "Request decode failed: json: cannot unmarshal %s into Go struct field %s of type %s",
-	    json_kind(v), field, gotype);
+	    dg_json_kind(v), field, gotype);
 }
 
 /* A string field; "" when absent or null. */
@@ -386,7 +370,7 @@ static json_t *decode_object(struct dg_req *r, const char *gotype, int *rv)
 		    dg_reply_textf(r, 400, 0,
 				   "Request decode failed: json: cannot unmarshal %s into Go value "
 				   "of type %s",
-				   json_is_null(body) ? "null" : json_kind(body), gotype);
+				   json_is_null(body) ? "null" : dg_json_kind(body), gotype);
 		json_decref(body);
 		return NULL;
 	}

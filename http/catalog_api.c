@@ -54,25 +54,6 @@ static int fail(struct rd *d, int status, const char *fmt, ...)
 	return DG_EINVAL;
 }
 
-static const char *jkind(json_t *v)
-{
-	switch (json_typeof(v)) {
-	case JSON_OBJECT:
-		return "object";
-	case JSON_ARRAY:
-		return "array";
-	case JSON_STRING:
-		return "string";
-	case JSON_INTEGER:
-	case JSON_REAL:
-		return "number";
-	case JSON_TRUE:
-	case JSON_FALSE:
-		return "bool";
-	default:
-		return "null";
-	}
-}
 
 static int bad_type(struct rd *d, const char *where, const char *field, json_t *v,
 		    const char *go_type)
@@ -80,7 +61,7 @@ static int bad_type(struct rd *d, const char *where, const char *field, json_t *
 	return fail(d, 400,
 		    "Request decode failed: json: cannot unmarshal %s into Go struct field %s.%s of "
 		    "type %s",
-		    jkind(v), where, field, go_type);
+		    dg_json_kind(v), where, field, go_type);
 }
 
 /* A string field: "" when absent or null. *out points into obj (borrowed). alias may be NULL. */
@@ -550,7 +531,7 @@ static int decode_register(struct dg_req *r, struct rd *d, json_t *body, json_t 
 		return fail(d, 400,
 			    "Request decode failed: json: cannot unmarshal %s into Go value of type "
 			    "structs.RegisterRequest",
-			    jkind(body));
+			    dg_json_kind(body));
 	if ((rv = rd_str(d, body, where, "Datacenter", NULL, &dc)) != 0 ||
 	    (rv = rd_name(d, body, where, "Node", NULL, &node)) != 0 ||
 	    (rv = rd_str(d, body, where, "ID", NULL, &id)) != 0 ||
@@ -701,7 +682,7 @@ static int catalog_deregister(struct dg_req *r)
 		fail(&d, 400,
 		     "Request decode failed: json: cannot unmarshal %s into Go value of type "
 		     "structs.DeregisterRequest",
-		     jkind(body));
+		     dg_json_kind(body));
 	else if (rd_str(&d, body, where, "Datacenter", NULL, &dc) == 0 &&
 		 rd_name(&d, body, where, "Node", NULL, &node) == 0 &&
 		 rd_name(&d, body, where, "ServiceID", "service_id", &sid) == 0 &&
@@ -725,37 +706,6 @@ static int catalog_deregister(struct dg_req *r)
 
 /* ---- reads ---- */
 
-typedef uint64_t (*index_fn)(struct dg_req *r, dg_catalog *cat);
-/* Builds the answer under the read lock: a new reference, NULL only when out of memory. */
-typedef json_t *(*build_fn)(struct dg_req *r, dg_catalog *cat);
-
-/* One blocking read (the same helper lives in health_api.c): the index and the result are read
- * under one read lock; a query whose index has not moved parks on topics/key; otherwise the
- * answer comes from the response cache when a body for this URL exists at this index, else it is
- * built, then encoded after the lock is released and kept for the next identical read. index
- * must move whenever the body could change, since the cache trusts it. */
-static int serve_read(struct dg_req *r, unsigned topics, const char *key, index_fn idx,
-		      build_fn build)
-{
-	dg_catalog *cat = dg_http_cat(r);
-	dg_cat_rdlock(cat);
-	uint64_t seen = dg_cat_last_index(cat);
-	uint64_t index = idx(r, cat);
-	if (dg_req_should_block(r, index)) {
-		dg_cat_unlock(cat);
-		return dg_req_block(r, topics, key, false, seen);
-	}
-	int rv = dg_reply_cached(r, index);
-	if (rv != -1) {
-		dg_cat_unlock(cat);
-		return rv;
-	}
-	json_t *out = build(r, cat);
-	dg_cat_unlock(cat);
-	if (!out)
-		return dg_reply_text(r, 500, "out of memory", 0);
-	return dg_reply_json_cache(r, out, index);
-}
 
 static int catalog_datacenters(struct dg_req *r)
 {
@@ -795,7 +745,7 @@ static int catalog_nodes(struct dg_req *r)
 {
 	if (foreign_dc(r, r->q.dc))
 		return no_path(r);
-	return serve_read(r, DG_TOPIC_NODES, NULL, nodes_index, nodes_build);
+	return dg_serve_read(r, DG_TOPIC_NODES, NULL, nodes_index, nodes_build);
 }
 
 /* catalog/services: name -> the union of its instances' tags, first-seen order. The walk goes by
@@ -880,7 +830,7 @@ static int catalog_services(struct dg_req *r)
 	if (foreign_dc(r, r->q.dc))
 		return no_path(r);
 	unsigned topics = DG_TOPIC_SERVICES | (r->q.nnode_meta ? DG_TOPIC_NODES : 0);
-	return serve_read(r, topics, NULL, services_index, services_build);
+	return dg_serve_read(r, topics, NULL, services_index, services_build);
 }
 
 /* catalog/service/:name: the name's index covers its instances and their nodes */
@@ -915,7 +865,7 @@ static int catalog_service(struct dg_req *r)
 		return dg_reply_text(r, 400, "Missing service name", 0);
 	if (foreign_dc(r, r->q.dc))
 		return no_path(r);
-	return serve_read(r, DG_TOPIC_SERVICE, r->arg, service_index, service_build);
+	return dg_serve_read(r, DG_TOPIC_SERVICE, r->arg, service_index, service_build);
 }
 
 /* catalog/node/:node ({id: NodeService}) and catalog/node-services/:node ([NodeService]). Both
@@ -965,13 +915,13 @@ static json_t *node_services_build(struct dg_req *r, dg_catalog *cat)
 			 "Services", svcs);
 }
 
-static int node_read(struct dg_req *r, build_fn build)
+static int node_read(struct dg_req *r, dg_build_fn build)
 {
 	if (!*r->arg)
 		return dg_reply_text(r, 400, "Missing node name", 0);
 	if (foreign_dc(r, r->q.dc))
 		return no_path(r);
-	return serve_read(r, DG_TOPIC_NODES | DG_TOPIC_SERVICES, r->arg, node_index, build);
+	return dg_serve_read(r, DG_TOPIC_NODES | DG_TOPIC_SERVICES, r->arg, node_index, build);
 }
 
 static int catalog_node(struct dg_req *r)

@@ -23,37 +23,6 @@ static int no_path(struct dg_req *r)
 	return dg_reply_text(r, 500, "No path to datacenter", 0);
 }
 
-typedef uint64_t (*index_fn)(struct dg_req *r, dg_catalog *cat);
-/* Builds the answer under the read lock: a new reference, NULL only when out of memory. */
-typedef json_t *(*build_fn)(struct dg_req *r, dg_catalog *cat);
-
-/* One blocking read (the same helper lives in catalog_api.c): the index and the result are read
- * under one read lock; a query whose index has not moved parks on topics/key; otherwise the
- * answer comes from the response cache when a body for this URL exists at this index, else it is
- * built, then encoded after the lock is released and kept for the next identical read. index
- * must move whenever the body could change, since the cache trusts it. */
-static int serve_read(struct dg_req *r, unsigned topics, const char *key, index_fn idx,
-		      build_fn build)
-{
-	dg_catalog *cat = dg_http_cat(r);
-	dg_cat_rdlock(cat);
-	uint64_t seen = dg_cat_last_index(cat);
-	uint64_t index = idx(r, cat);
-	if (dg_req_should_block(r, index)) {
-		dg_cat_unlock(cat);
-		return dg_req_block(r, topics, key, false, seen);
-	}
-	int rv = dg_reply_cached(r, index);
-	if (rv != -1) {
-		dg_cat_unlock(cat);
-		return rv;
-	}
-	json_t *out = build(r, cat);
-	dg_cat_unlock(cat);
-	if (!out)
-		return dg_reply_text(r, 500, "out of memory", 0);
-	return dg_reply_json_cache(r, out, index);
-}
 
 struct walk {
 	struct dg_req *r;
@@ -131,7 +100,7 @@ static int health_node(struct dg_req *r)
 		return dg_reply_text(r, 400, "Missing node name", 0);
 	if (foreign_dc(r))
 		return no_path(r);
-	return serve_read(r, DG_TOPIC_CHECKS | DG_TOPIC_SERVICES, r->arg, checks_index,
+	return dg_serve_read(r, DG_TOPIC_CHECKS | DG_TOPIC_SERVICES, r->arg, checks_index,
 			  node_build);
 }
 
@@ -168,7 +137,7 @@ static int health_checks(struct dg_req *r)
 		return dg_reply_text(r, 400, "Missing service name", 0);
 	if (foreign_dc(r))
 		return no_path(r);
-	return serve_read(r, DG_TOPIC_SERVICE, r->arg, service_index, checks_build);
+	return dg_serve_read(r, DG_TOPIC_SERVICE, r->arg, service_index, checks_build);
 }
 
 /* ---- health/service/:service ---- */
@@ -235,7 +204,7 @@ static int health_service(struct dg_req *r)
 		return dg_reply_text(r, 400, "Missing service name", 0);
 	if (foreign_dc(r))
 		return no_path(r);
-	return serve_read(r, DG_TOPIC_SERVICE, r->arg, service_index, service_build);
+	return dg_serve_read(r, DG_TOPIC_SERVICE, r->arg, service_index, service_build);
 }
 
 /* ---- health/state/:state ---- */
@@ -272,7 +241,7 @@ static int health_state(struct dg_req *r)
 		return no_path(r);
 	unsigned topics =
 		DG_TOPIC_CHECKS | DG_TOPIC_SERVICES | (r->q.nnode_meta ? DG_TOPIC_NODES : 0);
-	return serve_read(r, topics, NULL, checks_index, state_build);
+	return dg_serve_read(r, topics, NULL, checks_index, state_build);
 }
 
 const struct dg_route dg_routes_health[] = {

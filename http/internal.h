@@ -138,7 +138,17 @@ bool dg_req_should_block(struct dg_req *r, uint64_t result_index);
 int dg_req_block(struct dg_req *r, unsigned topics, const char *key, bool prefix,
 		 uint64_t seen_index);
 
+/* A blocking, cached catalog read (server.c): idx gives the result's index, build the body
+ * (a new reference, NULL only when out of memory), both under the catalog's read lock. */
+typedef uint64_t (*dg_index_fn)(struct dg_req *r, dg_catalog *cat);
+typedef json_t *(*dg_build_fn)(struct dg_req *r, dg_catalog *cat);
+int dg_serve_read(struct dg_req *r, unsigned topics, const char *key, dg_index_fn idx,
+		  dg_build_fn build);
+
 /* ---- request bodies (decode.c) ---- */
+/* Go's name for a JSON value's kind ("object", "string", "number", "bool", ...), for Consul's
+ * "cannot unmarshal <kind>" texts. */
+const char *dg_json_kind(json_t *v);
 /* Parses the body as JSON with Consul's texts: empty -> "Request decode failed: EOF". Depth is
  * limited to DG_MAX_JSON_DEPTH. Returns a new reference, or NULL with err filled. */
 json_t *dg_decode_body(const char *body, size_t len, char *err, size_t errlen);

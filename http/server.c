@@ -428,6 +428,35 @@ int dg_req_block(struct dg_req *r, unsigned topics, const char *key, bool prefix
 	return MHD_YES;
 }
 
+/* ---- one blocking read, with the response cache ---- */
+
+/* The index and the result are read under one read lock; a query whose index has not moved
+ * parks on topics/key; otherwise the answer comes from the response cache when a body for this
+ * URL exists at this index, else it is built, then encoded after the lock is released and kept
+ * for the next identical read. idx must move whenever the body could change: the cache trusts it. */
+int dg_serve_read(struct dg_req *r, unsigned topics, const char *key, dg_index_fn idx,
+		  dg_build_fn build)
+{
+	dg_catalog *cat = r->srv->cat;
+	dg_cat_rdlock(cat);
+	uint64_t seen = dg_cat_last_index(cat);
+	uint64_t index = idx(r, cat);
+	if (dg_req_should_block(r, index)) {
+		dg_cat_unlock(cat);
+		return dg_req_block(r, topics, key, false, seen);
+	}
+	int rv = dg_reply_cached(r, index);
+	if (rv != -1) {
+		dg_cat_unlock(cat);
+		return rv;
+	}
+	json_t *out = build(r, cat);
+	dg_cat_unlock(cat);
+	if (!out)
+		return dg_reply_text(r, 500, "out of memory", 0);
+	return dg_reply_json_cache(r, out, index);
+}
+
 /* ---- dispatch ---- */
 
 static enum MHD_Result query_cb(void *cls, enum MHD_ValueKind kind, const char *key,

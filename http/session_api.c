@@ -34,30 +34,13 @@ static json_t *enc_session(const struct dg_cat_session *s)
 
 /* ---- create: body decoding ---- */
 
-/* Go's name for a JSON value's kind, for "cannot unmarshal <kind>" texts. */
-static const char *go_kind(json_t *v)
-{
-	switch (json_typeof(v)) {
-	case JSON_OBJECT:
-		return "object";
-	case JSON_ARRAY:
-		return "array";
-	case JSON_STRING:
-		return "string";
-	case JSON_TRUE:
-	case JSON_FALSE:
-		return "bool";
-	default:
-		return "number";
-	}
-}
 
 static void type_error(char *err, size_t len, json_t *v, const char *field, const char *type)
 {
 	snprintf(err, len,
 		 "Request decode failed: json: cannot unmarshal %s into Go struct field "
 		 "Session.%s of type %s",
-		 go_kind(v), field, type);
+		 dg_json_kind(v), field, type);
 }
 
 /* A string field: "" when absent or null. Returns 0 or DG_EINVAL with the text in err. */
@@ -242,7 +225,7 @@ static json_t *create_cmd(struct dg_req *r, char *err, size_t len)
 			snprintf(err, len,
 				 "Request decode failed: json: cannot unmarshal %s into Go value of "
 				 "type structs.Session",
-				 go_kind(body));
+				 dg_json_kind(body));
 			goto out;
 		}
 	}

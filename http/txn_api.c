@@ -14,23 +14,6 @@ struct txn_scratch {
 	size_t op_index[DG_MAX_TXN_OPS];
 };
 
-/* Go's name for a JSON value's kind, for "cannot unmarshal <kind>" texts. */
-static const char *go_kind(json_t *v)
-{
-	switch (json_typeof(v)) {
-	case JSON_OBJECT:
-		return "object";
-	case JSON_ARRAY:
-		return "array";
-	case JSON_STRING:
-		return "string";
-	case JSON_TRUE:
-	case JSON_FALSE:
-		return "bool";
-	default:
-		return "number";
-	}
-}
 
 /* Position of the first byte that is not standard base64, for Go's error text. */
 static size_t base64_bad_byte(const char *s)
@@ -75,7 +58,7 @@ static int kv_str(json_t *kv, const char *field, const char **out, struct txn_er
 		return fail(e, 400,
 			    "Failed to parse body: json: cannot unmarshal %s into Go struct field "
 			    "KVTxnOp.KV.%s of type string",
-			    go_kind(v), field);
+			    dg_json_kind(v), field);
 	*out = json_string_value(v);
 	return 0;
 }
@@ -90,7 +73,7 @@ static int kv_u64(json_t *kv, const char *field, uint64_t *out, struct txn_err *
 		return fail(e, 400,
 			    "Failed to parse body: json: cannot unmarshal %s into Go struct field "
 			    "KVTxnOp.KV.%s of type uint64",
-			    json_is_number(v) ? "number" : go_kind(v), field);
+			    json_is_number(v) ? "number" : dg_json_kind(v), field);
 	*out = (uint64_t)json_integer_value(v);
 	return 0;
 }
@@ -105,7 +88,7 @@ static json_t *canonical_kv(json_t *kv, struct txn_err *e)
 		fail(e, 400,
 		     "Failed to parse body: json: cannot unmarshal %s into Go struct field "
 		     "TxnOp.KV of type api.KVTxnOp",
-		     go_kind(kv));
+		     dg_json_kind(kv));
 		return NULL;
 	}
 	if (kv_str(kv, "Verb", &verb, e) != 0 || kv_str(kv, "Key", &key, e) != 0 ||
@@ -166,7 +149,7 @@ static json_t *txn_cmd(struct dg_req *r, struct txn_scratch *sc, json_t **refuse
 		fail(e, 400,
 		     "Failed to parse body: json: cannot unmarshal %s into Go value of type "
 		     "api.TxnOps",
-		     go_kind(body));
+		     dg_json_kind(body));
 		goto out;
 	}
 	if (json_array_size(body) > DG_MAX_TXN_OPS) {
@@ -187,7 +170,7 @@ static json_t *txn_cmd(struct dg_req *r, struct txn_scratch *sc, json_t **refuse
 			fail(e, 400,
 			     "Failed to parse body: json: cannot unmarshal %s into Go value of type "
 			     "api.TxnOp",
-			     go_kind(op));
+			     dg_json_kind(op));
 			goto out;
 		}
 		json_t *kv = dg_jget(op, "KV", NULL);
