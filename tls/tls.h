@@ -77,8 +77,59 @@ struct dg_tls_stats {
 };
 void dg_tls_stats(struct dg_tls_stats *out);
 
-/* ---- certificates made by dcgate (pki.c) ---- */
-/* `dcgate tls ca create`: writes <domain>-agent-ca.pem and <domain>-agent-ca-key.pem (0600)
+/* ---- certificates made by dcgate (pki.c) ----
+ * What `dcgate tls ca create` and `dcgate tls cert create` write, with Consul's file names.
+ * Neither function keeps any pointer it is given. */
+
+enum dg_tls_role { DG_TLS_ROLE_SERVER, DG_TLS_ROLE_CLIENT, DG_TLS_ROLE_CLI };
+
+struct dg_tls_ca_opts {
+	const char *dir;	  /* where to write; NULL or "." is the current directory */
+	const char *domain;	  /* NULL: "consul" (file names and name constraint) */
+	int days;		  /* 0: 1825, Consul's five years */
+	bool name_constraint;	  /* limit the CA to <domain>, localhost and constraints[] */
+	const char **constraints; /* additional permitted DNS names */
+	size_t nconstraints;
+	const char *common_name; /* NULL: "Consul Agent CA <serial>" as Consul names it */
+};
+
+struct dg_tls_cert_opts {
+	const char *dir; /* where to write; NULL or "." is the current directory */
+	enum dg_tls_role role;
+	const char *dc;		 /* NULL: "dc1", Consul's default */
+	const char *domain;	 /* NULL: "consul" */
+	const char *node;	 /* servers only: adds <node>.server.<dc>.<domain> */
+	int days;		 /* 0: 365 */
+	const char *ca_file;	 /* NULL: <dir>/<domain>-agent-ca.pem; else taken as given */
+	const char *ca_key_file; /* NULL: <dir>/<domain>-agent-ca-key.pem */
+	const char **dns;	 /* additional DNS SANs */
+	size_t ndns;
+	const char **ips; /* additional IP SANs */
+	size_t nips;
+};
+
+#define DG_TLS_PATH_MAX 4096
+/* What was written (cert, key: the names as Consul prints them, inside dir) and, for
+ * certificates, the CA files used. */
+struct dg_tls_written {
+	char cert[DG_TLS_PATH_MAX];
+	char key[DG_TLS_PATH_MAX];
+	char ca[DG_TLS_PATH_MAX];
+	char ca_key[DG_TLS_PATH_MAX];
+};
+
+/* Writes a new CA (EC P-256): <domain>-agent-ca.pem and <domain>-agent-ca-key.pem (0600). Never
+ * overwrites. Returns 0, or an error with Consul's message in err ("consul-agent-ca.pem already
+ * exists."). */
+int dg_tls_ca_create_opts(const struct dg_tls_ca_opts *o, struct dg_tls_written *out, char *err,
+			  size_t errlen);
+/* Writes <dc>-<role>-<domain>-<n>.pem and -key.pem (0600), n the first number for which
+ * neither exists, signed by the CA and checked against it before anything is written. Returns
+ * 0, or an error with Consul's message in err. */
+int dg_tls_cert_create_opts(const struct dg_tls_cert_opts *o, struct dg_tls_written *out, char *err,
+			    size_t errlen);
+
+/* The short forms, for callers that need no more (tests, tools). `dcgate tls ca create`: writes <domain>-agent-ca.pem and <domain>-agent-ca-key.pem (0600)
  * into dir. EC P-256. name_constraint limits the CA to <domain>, localhost and the given names.
  * Returns 0 or an error with msg; on success msg lists the files written. */
 int dg_tls_ca_create(const char *dir, const char *domain, int days, bool name_constraint,
