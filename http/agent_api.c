@@ -6,6 +6,7 @@
  * Every handler runs on the MHD thread. Catalog rows are read under the read lock and never
  * outlive it: what a handler needs later is encoded to JSON or copied first. */
 #include "http/internal.h"
+#include "tls/tls.h"
 
 #include <arpa/inet.h>
 #include <stdio.h>
@@ -1533,7 +1534,7 @@ static int agent_metrics(struct dg_req *r)
 	dg_lan_stats(dg_http_lan(r), &ls);
 	size_t waiters = dg_http_waiters(r);
 	double uptime = process_uptime_s();
-	const struct metric m[] = {
+	const struct metric base[] = {
 	    {"dcgate.http.waiters", "Blocking queries parked right now.", false, (double)waiters},
 	    {"dcgate.checks.running", "Health checks this agent runs.", false,
 	     (double)ls.checks_running},
@@ -1562,8 +1563,27 @@ static int agent_metrics(struct dg_req *r)
 	    {"dcgate.checks.runs", "TCP and HTTP check probes started.", true,
 	     (double)ls.check_runs},
 	};
-	size_t n = sizeof(m) / sizeof(m[0]);
+	const struct metric *m = base;
+	size_t n = sizeof(base) / sizeof(base[0]);
 	const char *format = qarg(r, "format");
+	/* days to expiry of the loaded certificate and CA, read from the files in use now */
+	struct metric all[sizeof(base) / sizeof(base[0]) + 2];
+	memcpy(all, base, sizeof(base));
+	const struct dg_http_config *hcfg = dg_http_cfg(r);
+	if (hcfg->tls_files) {
+		char cert[1024] = "", ca[1024] = "";
+		double days;
+		hcfg->tls_files(hcfg->cb_arg, cert, sizeof(cert), ca, sizeof(ca));
+		if (*cert && dg_tls_days_left(cert, &days) == 0)
+			all[n++] = (struct metric){"dcgate.tls.cert.days_to_expiry",
+						   "Days until this agent's certificate expires.",
+						   false, days};
+		if (*ca && dg_tls_days_left(ca, &days) == 0)
+			all[n++] = (struct metric){"dcgate.tls.ca.days_to_expiry",
+						   "Days until the CA certificate expires.", false,
+						   days};
+	}
+	m = all;
 
 	if (format && strcmp(format, "prometheus") == 0) {
 		struct dg_buf b;
