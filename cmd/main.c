@@ -18,6 +18,9 @@
 #include "common/common.h"
 #include "http/http.h"
 #include "lan/lan.h"
+#include "tls/tls.h"
+#include "cmd/tls_cli.h"
+#include "wan/wan.h"
 
 #define MAIN "agent"
 
@@ -319,6 +322,60 @@ static char *load_node_id(const char *data_dir, const char *configured)
 	return strdup(buf);
 }
 
+/* The policy in use, for the metrics' days to expiry; swapped by reload under pol_mu. */
+static pthread_mutex_t pol_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct dg_tls_policy *cur_pol;
+
+static void tls_files(void *arg, char *cert, size_t cert_len, char *ca, size_t ca_len)
+{
+	pthread_mutex_lock(&pol_mu);
+	snprintf(cert, cert_len, "%s", cur_pol && cur_pol->cert_file ? cur_pol->cert_file : "");
+	snprintf(ca, ca_len, "%s", cur_pol && cur_pol->ca_file ? cur_pol->ca_file : "");
+	pthread_mutex_unlock(&pol_mu);
+}
+
+/* SIGHUP and `dcgate reload`: read the config files and flags again and load new certificates
+ * and CA for every TLS listener and dialer; live links and connections carry on. The log level
+ * follows too. Anything else needs a restart, as it does in Consul for most keys. */
+static void reload(int argc, char **argv, const char *dc, const char *domain, bool server,
+		   struct dg_tls_policy *pol, dg_http *http)
+{
+	struct agent_config ac = {0};
+	struct dg_tls_policy next;
+	char msg[512];
+	DG_LOGI(MAIN, "reloading configuration");
+	if (parse_agent_flags(argc, argv, &ac) != 0) {
+		DG_LOGE(MAIN, "reload: the configuration no longer parses; keeping the old one");
+		json_decref(ac.merged);
+		return;
+	}
+	enum dg_log_level level;
+	if (dg_log_parse_level(cfg_str(ac.merged, "log_level", "info"), &level) == 0)
+		dg_log_set_level(level);
+	if (dg_tls_policy_from_config(ac.merged, dc, domain, server, &next, msg, sizeof(msg)) != 0) {
+		DG_LOGE(MAIN, "reload: invalid TLS configuration, keeping the old one: %s", msg);
+		json_decref(ac.merged);
+		return;
+	}
+	json_decref(ac.merged);
+	if (dg_tls_policy_has_identity(&next)) {
+		if (dg_tls_check_own(&next, msg, sizeof(msg)) != 0 ||
+		    dg_tls_reload(&next, msg, sizeof(msg)) != 0 ||
+		    dg_http_reload_tls(http, next.cert_file, next.key_file, next.ca_file, msg,
+				       sizeof(msg)) != 0) {
+			DG_LOGE(MAIN, "reload: new certificates not used: %s", msg);
+			dg_tls_policy_fini(&next);
+			return;
+		}
+		DG_LOGI(MAIN, "reload: new handshakes use %s (CA %s)", next.cert_file,
+			next.ca_file ? next.ca_file : "-");
+	}
+	pthread_mutex_lock(&pol_mu);
+	dg_tls_policy_fini(pol);
+	*pol = next;
+	pthread_mutex_unlock(&pol_mu);
+}
+
 static int run_agent(int argc, char **argv)
 {
 	struct agent_config ac = {0};
@@ -363,6 +420,29 @@ static int run_agent(int argc, char **argv)
 	}
 	if (strcmp(bind, "0.0.0.0") == 0)
 		bind = "127.0.0.1"; /* raft needs one address to advertise */
+	const char *domain = cfg_str(cfg, "domain", "consul");
+	struct dg_tls_policy pol;
+	if (dg_tls_policy_from_config(cfg, dc, domain, server, &pol, msg, sizeof(msg)) != 0) {
+		fprintf(stderr, "==> Invalid TLS configuration: %s\n", msg);
+		goto fail;
+	}
+	if (dg_tls_policy_has_identity(&pol) && dg_tls_check_own(&pol, msg, sizeof(msg)) != 0) {
+		fprintf(stderr, "==> Refusing to start: %s\n", msg);
+		dg_tls_policy_fini(&pol);
+		goto fail;
+	}
+	int https_port = cfg_port(cfg, "https", 0);
+	if (https_port > 0 && !dg_tls_policy_has_identity(&pol)) {
+		fprintf(stderr, "==> ports.https is set but no cert_file and key_file are configured\n");
+		dg_tls_policy_fini(&pol);
+		goto fail;
+	}
+	/* OpenSSL under every tls+tcp:// link; must precede any nng socket */
+	if (dg_tls_engine_init() != 0) {
+		fprintf(stderr, "==> Cannot register the OpenSSL TLS engine with nng\n");
+		dg_tls_policy_fini(&pol);
+		goto fail;
+	}
 	const char *advertise = cfg_str(cfg, "advertise_addr", bind);
 	/* -dev with -data-dir keeps its data there; -dev alone uses a temporary directory */
 	bool temp_dir = ac.dev && !data_dir;
@@ -415,6 +495,14 @@ static int run_agent(int argc, char **argv)
 		.on_leave = request_leave,
 		.on_reload = request_reload,
 	};
+	cur_pol = &pol;
+	hc.tls_files = dg_tls_policy_has_identity(&pol) ? tls_files : NULL;
+	hc.https_port = https_port;
+	hc.https_cert_file = pol.cert_file;
+	hc.https_key_file = pol.key_file;
+	hc.https_ca_file = pol.ca_file;
+	hc.https_verify_incoming = pol.verify_incoming && pol.ca_file;
+	hc.https_min_tls13 = pol.min_version >= 0x0304;
 	dg_http *http = NULL;
 	if ((rv = dg_http_start(&hc, cat, lan, &http, msg, sizeof(msg))) != 0) {
 		fprintf(stderr, "==> Error starting HTTP API: %s\n", msg);
@@ -423,6 +511,24 @@ static int run_agent(int argc, char **argv)
 		free(self_text);
 		free(node_id);
 		goto fail;
+	}
+	dg_wan *wan = NULL;
+	if (server && dg_tls_policy_has_identity(&pol)) {
+		struct dg_wan_config wc = {.bind = bind,
+					   .port = cfg_port(cfg, "serf_wan", 8302),
+					   .node = node,
+					   .dc = dc,
+					   .tls = &pol};
+		if (dg_wan_start(&wc, &wan, msg, sizeof(msg)) != 0) {
+			fprintf(stderr, "==> Error starting the WAN listener: %s\n", msg);
+			dg_http_free(http);
+			dg_lan_free(lan);
+			dg_cat_free(cat);
+			free(self_text);
+			free(node_id);
+			dg_tls_policy_fini(&pol);
+			goto fail;
+		}
 	}
 	fprintf(stderr,
 		"==> dcgate agent running!\n"
@@ -444,25 +550,79 @@ static int run_agent(int argc, char **argv)
 		if (sigwait(&wait_set, &sig) != 0)
 			continue;
 		if (sig == SIGHUP) {
-			DG_LOGI(MAIN, "reload requested: configuration re-read on next start; "
-				      "nothing to reload in this version");
+			reload(argc, argv, dc, domain, server, &pol, http);
 			continue;
 		}
 		DG_LOGI(MAIN, "caught signal %d, shutting down", sig);
 		break;
 	}
-	/* HTTP first, while the loop still answers writes in flight; then raft */
+	/* WAN and HTTP first, while the loop still answers writes in flight; then raft */
+	dg_wan_free(wan);
 	dg_http_free(http);
 	dg_lan_free(lan);
 	dg_cat_free(cat);
 	free(self_text);
 	free(node_id);
+	dg_tls_policy_fini(&pol);
 	json_decref(cfg);
 	DG_LOGI(MAIN, "shutdown complete");
 	return 0;
 fail:
 	json_decref(ac.merged);
 	return 1;
+}
+
+/* `dcgate wan ping -address HOST:PORT -dc DC [-config-file F | -config-dir D ...]`: dials a
+ * server's WAN port over mutual TLS with the certificates of the given config and prints who
+ * answered and who it saw, to check a federation link and its certificates end to end. */
+static int run_wan_ping(int argc, char **argv)
+{
+	const char *address = NULL, *target = NULL;
+	char *rest[64];
+	int nrest = 0;
+	for (int i = 0; i < argc; i++) {
+		const char *v = NULL;
+		if (flag_match(argv[i], "address", &v) || flag_match(argv[i], "dc", &v)) {
+			bool is_addr = flag_match(argv[i], "address", &v);
+			if (!v && i + 1 < argc)
+				v = argv[++i];
+			if (is_addr)
+				address = v;
+			else
+				target = v;
+		} else if (nrest < 63) {
+			rest[nrest++] = argv[i];
+		}
+	}
+	if (!address || !target) {
+		fprintf(stderr, "Usage: dcgate wan ping -address HOST:PORT -dc DC -config-file F\n");
+		return 1;
+	}
+	struct agent_config ac = {0};
+	if (parse_agent_flags(nrest, rest, &ac) != 0) {
+		json_decref(ac.merged);
+		return 1;
+	}
+	const char *dc = cfg_str(ac.merged, "datacenter", "dc1");
+	const char *domain = cfg_str(ac.merged, "domain", "consul");
+	struct dg_tls_policy pol;
+	char msg[512], out[1024];
+	int rv = 1;
+	if (dg_tls_policy_from_config(ac.merged, dc, domain, true, &pol, msg, sizeof(msg)) != 0) {
+		fprintf(stderr, "Invalid TLS configuration: %s\n", msg);
+	} else {
+		if (dg_tls_engine_init() != 0)
+			fprintf(stderr, "Cannot register the OpenSSL TLS engine\n");
+		else if (dg_wan_ping(&pol, address, target, out, sizeof(out), msg, sizeof(msg)) != 0)
+			fprintf(stderr, "Error: %s\n", msg);
+		else {
+			printf("%s\n", out);
+			rv = 0;
+		}
+		dg_tls_policy_fini(&pol);
+	}
+	json_decref(ac.merged);
+	return rv;
 }
 
 static void usage(void)
@@ -478,6 +638,7 @@ static void usage(void)
 			"  join         Joins the agent to a cluster\n"
 			"  leave        Gracefully leaves and shuts down the agent\n"
 			"  reload       Reloads the agent's configuration\n"
+			"  tls          Makes a CA and certificates (tls ca create, tls cert create)\n"
 			"  version      Prints the version\n");
 }
 
@@ -489,6 +650,10 @@ int main(int argc, char **argv)
 	}
 	if (strcmp(argv[1], "agent") == 0)
 		return run_agent(argc - 2, argv + 2);
+	if (strcmp(argv[1], "wan") == 0 && argc > 2 && strcmp(argv[2], "ping") == 0)
+		return run_wan_ping(argc - 3, argv + 3);
+	if (strcmp(argv[1], "tls") == 0)
+		return dg_tls_cli_run(argc - 1, argv + 1);
 	if (dg_cli_known(argv[1]))
 		return dg_cli_run(argc - 1, argv + 1);
 	if (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0 ||
