@@ -3,7 +3,10 @@ agent start, which the harness does) run against a real agent, and their effects
 
 import os
 import re
+import shutil
 import subprocess
+import tempfile
+import time
 import unittest
 
 import harness
@@ -38,6 +41,53 @@ class ReadmeTest(harness.AgentTestCase):
         health = self.a.get("/v1/health/service/web").json()
         self.assertEqual(len(health), 1)
         self.assertEqual(health[0]["Service"]["Port"], 8080)
+
+
+def tls_block():
+    """The ```sh block of the README's "## TLS" section, as one script."""
+    text = open(os.path.join(ROOT, "README.md")).read()
+    section = text.split("## TLS", 1)[1]
+    return section.split("```sh", 1)[1].split("```", 1)[0]
+
+
+class ReadmeTLSTest(unittest.TestCase):
+    """Runs the TLS walkthrough on a loopback address of its own: the agent, the WAN ping over
+    mutual TLS and the HTTPS read must all work as written."""
+
+    def test_tls_block(self):
+        lease = harness.AddressLease()
+        work = tempfile.mkdtemp(prefix="dcgate-readme-tls-")
+        addr = lease.addr
+        script = tls_block()
+        script = script.replace("cd /tmp && mkdir -p dcgate-pki && cd dcgate-pki", "cd %s" % work)
+        script = script.replace("dcgate agent -dev -node s1 -config-file dc1.json &",
+                                "dcgate agent -dev -node s1 -bind %s -client %s -config-file dc1.json "
+                                ">agent.log 2>&1 & echo $! > agent.pid\n"
+                                "for i in $(seq 1 100); do curl -sf http://%s:8500/v1/status/leader | "
+                                "grep -q 8300 && break; sleep 0.2; done" % (addr, addr, addr))
+        script = script.replace("127.0.0.1:8302", "%s:8302" % addr)
+        script = script.replace("https://localhost:8501", "--resolve localhost:8501:%s https://localhost:8501" % addr)
+        bindir = os.path.join(work, "bin")
+        os.makedirs(bindir)
+        os.symlink(harness.dcgate_bin(), os.path.join(bindir, "dcgate"))
+        env = dict(os.environ, PATH=bindir + ":" + os.environ["PATH"])
+        try:
+            p = subprocess.run(["bash", "-e", "-c", script], env=env, capture_output=True, timeout=90)
+            out = p.stdout.decode()
+            self.assertEqual(p.returncode, 0, "%s\n%s\n%s" % (out, p.stderr.decode(),
+                             open(os.path.join(work, "agent.log")).read()[-3000:]))
+            self.assertIn('"PeerRole":"server"', out)
+            self.assertIn('"%s:8300"' % addr, out)
+        finally:
+            pidf = os.path.join(work, "agent.pid")
+            if os.path.exists(pidf):
+                try:
+                    os.kill(int(open(pidf).read()), 15)
+                except (OSError, ValueError):
+                    pass
+                time.sleep(1)
+            shutil.rmtree(work, ignore_errors=True)
+            lease.release()
 
 
 if __name__ == "__main__":
