@@ -322,15 +322,31 @@ static char *load_node_id(const char *data_dir, const char *configured)
 	return strdup(buf);
 }
 
-/* The policy in use, for the metrics' days to expiry; swapped by reload under pol_mu. */
+/* When the certificate and CA in use expire (wall-clock seconds), for the metrics; set when
+ * they are loaded, at start and by a successful reload, under pol_mu. */
 static pthread_mutex_t pol_mu = PTHREAD_MUTEX_INITIALIZER;
-static struct dg_tls_policy *cur_pol;
+static double cert_not_after = -1e18, ca_not_after = -1e18;
 
-static void tls_files(void *arg, char *cert, size_t cert_len, char *ca, size_t ca_len)
+static void note_expiry(const struct dg_tls_policy *p)
 {
+	double cert = -1e18, ca = -1e18, days;
+	double now = (double)dg_wall_ns() / 1e9;
+	if (p->cert_file && dg_tls_days_left(p->cert_file, &days) == 0)
+		cert = now + days * 86400.0;
+	if (p->ca_file && dg_tls_days_left(p->ca_file, &days) == 0)
+		ca = now + days * 86400.0;
 	pthread_mutex_lock(&pol_mu);
-	snprintf(cert, cert_len, "%s", cur_pol && cur_pol->cert_file ? cur_pol->cert_file : "");
-	snprintf(ca, ca_len, "%s", cur_pol && cur_pol->ca_file ? cur_pol->ca_file : "");
+	cert_not_after = cert;
+	ca_not_after = ca;
+	pthread_mutex_unlock(&pol_mu);
+}
+
+static void tls_days(void *arg, double *cert_days, double *ca_days)
+{
+	double now = (double)dg_wall_ns() / 1e9;
+	pthread_mutex_lock(&pol_mu);
+	*cert_days = cert_not_after > -1e17 ? (cert_not_after - now) / 86400.0 : -1e18;
+	*ca_days = ca_not_after > -1e17 ? (ca_not_after - now) / 86400.0 : -1e18;
 	pthread_mutex_unlock(&pol_mu);
 }
 
@@ -370,10 +386,9 @@ static void reload(int argc, char **argv, const char *dc, const char *domain, bo
 		DG_LOGI(MAIN, "reload: new handshakes use %s (CA %s)", next.cert_file,
 			next.ca_file ? next.ca_file : "-");
 	}
-	pthread_mutex_lock(&pol_mu);
+	note_expiry(&next);
 	dg_tls_policy_fini(pol);
 	*pol = next;
-	pthread_mutex_unlock(&pol_mu);
 }
 
 static int run_agent(int argc, char **argv)
@@ -495,8 +510,8 @@ static int run_agent(int argc, char **argv)
 		.on_leave = request_leave,
 		.on_reload = request_reload,
 	};
-	cur_pol = &pol;
-	hc.tls_files = dg_tls_policy_has_identity(&pol) ? tls_files : NULL;
+	note_expiry(&pol);
+	hc.tls_days = dg_tls_policy_has_identity(&pol) ? tls_days : NULL;
 	hc.https_port = https_port;
 	hc.https_cert_file = pol.cert_file;
 	hc.https_key_file = pol.key_file;

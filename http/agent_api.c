@@ -1570,18 +1570,17 @@ static int agent_metrics(struct dg_req *r)
 	struct metric all[sizeof(base) / sizeof(base[0]) + 2];
 	memcpy(all, base, sizeof(base));
 	const struct dg_http_config *hcfg = dg_http_cfg(r);
-	if (hcfg->tls_files) {
-		char cert[1024] = "", ca[1024] = "";
-		double days;
-		hcfg->tls_files(hcfg->cb_arg, cert, sizeof(cert), ca, sizeof(ca));
-		if (*cert && dg_tls_days_left(cert, &days) == 0)
+	if (hcfg->tls_days) {
+		double cert_days, ca_days;
+		hcfg->tls_days(hcfg->cb_arg, &cert_days, &ca_days);
+		if (cert_days > -1e9)
 			all[n++] = (struct metric){"dcgate.tls.cert.days_to_expiry",
 						   "Days until this agent's certificate expires.",
-						   false, days};
-		if (*ca && dg_tls_days_left(ca, &days) == 0)
+						   false, cert_days};
+		if (ca_days > -1e9)
 			all[n++] = (struct metric){"dcgate.tls.ca.days_to_expiry",
 						   "Days until the CA certificate expires.", false,
-						   days};
+						   ca_days};
 	}
 	m = all;
 

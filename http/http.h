@@ -26,9 +26,10 @@ struct dg_http_config {
 	const char *https_cert_file, *https_key_file, *https_ca_file;
 	bool https_verify_incoming;
 	bool https_min_tls13; /* else TLS 1.2 is the lowest */
-	/* The certificate and CA files in use right now (they change on reload), for the days to
-	 * expiry in /v1/agent/metrics; NULL when TLS is not configured. Called on HTTP threads. */
-	void (*tls_files)(void *arg, char *cert, size_t cert_len, char *ca, size_t ca_len);
+	/* Days to expiry of the certificate and CA in use right now (a refused reload keeps the
+	 * old ones), for /v1/agent/metrics; NULL when TLS is not configured. A value < -1e9 means
+	 * unknown. Called on HTTP threads. */
+	void (*tls_days)(void *arg, double *cert_days, double *ca_days);
 };
 
 /* Starts serving. *out is the caller's until dg_http_free(). msg says why on failure. */

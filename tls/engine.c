@@ -39,11 +39,19 @@
 
 #define TLS "tls"
 
-/* A handshake that has not finished this long after the TCP connection was made is failed and
- * its connection closed. nng 1.5.2 does not bound it: its 10 s negotiation timeout cancels the
- * SP header aio, but while the handshake waits for the peer that aio sits in the TLS layer's
- * send queue, and cancelling it only aborts the (idle) TCP send, so a silent peer would hold
- * the connection, and a synchronous dial, forever. Tests lower it through the extern below. */
+/* A connection whose peer has sent no application data this long after the TCP connection was
+ * made is closed (and, if the handshake was not over, counted as a failed handshake). nng 1.5.2
+ * bounds neither case: (1) its 10 s SP negotiation timeout cancels the header aio, but while
+ * the handshake waits for the peer that aio sits in the TLS layer's send queue, and cancelling
+ * it only aborts the idle TCP send, so a silent peer holds the connection, and a synchronous
+ * dial, forever; (2) when TCP fails while no aio is queued on the TLS stream (for instance
+ * between the SP header send and the header receive, as when a listener refuses our
+ * certificate and closes), nng closes its TCP aios, and the next receive restarts one that can
+ * never complete, with no error, so it too waits forever. Closing the stream through nng fails
+ * whatever is queued. Every SP peer sends its 8-byte header right after the handshake, so an
+ * established link always passes this check; a protocol whose client speaks first and waits
+ * longer for an answer (nng's HTTP over TLS) would need it relaxed. Tests lower it through the
+ * extern below. */
 #define DG_TLS_HANDSHAKE_MS 10000
 _Atomic unsigned dg__tls_handshake_ms = DG_TLS_HANDSHAKE_MS;
 
@@ -78,8 +86,8 @@ struct nng_tls_engine_conn {
 	int io_err;              /* last nng error the BIO saw, 0 if none */
 	int failed;              /* the nng error that ended the connection, 0 while it lives */
 	atomic_bool hs_done;     /* handshake finished (read by the watchdog) */
+	atomic_bool heard;       /* the peer's first application data has arrived (ditto) */
 	atomic_bool counted;     /* counted once as ok or failed, by whoever decides first */
-	atomic_bool timed_out;
 	bool published;          /* our entry is in the peer table */
 	char peer[ADDR_LEN];     /* "127.0.0.1:5000", or "unknown"; immutable after init */
 	char expect[256];        /* name the peer must carry, for the log; immutable after init */
@@ -576,8 +584,10 @@ static int conn_io(struct nng_tls_engine_conn *c, enum io_op op, void *buf, size
 	if (!atomic_load(&c->hs_done) && SSL_is_init_finished(c->ssl))
 		hs_finished(c);
 	if (n > 0) {
-		if (op == IO_READ)
+		if (op == IO_READ) {
 			hs_count_ok(c); /* the peer's first data: it accepted us */
+			atomic_store(&c->heard, true);
+		}
 		if (szp)
 			*szp = done;
 		return 0;
@@ -607,18 +617,35 @@ static int conn_send(struct nng_tls_engine_conn *c, const uint8_t *buf, size_t *
 	return conn_io(c, IO_WRITE, (void *)buf, szp);
 }
 
-/* Runs on an nng taskq thread once the handshake limit has passed. */
+/* Runs on an nng taskq thread once the limit has passed since the connection was made. */
 static void watchdog_cb(void *arg)
 {
 	struct nng_tls_engine_conn *c = arg;
-	if (nng_aio_result(c->watchdog) != 0 || atomic_load(&c->hs_done))
+	char ours[NAMES_LEN] = "";
+	if (nng_aio_result(c->watchdog) != 0 || atomic_load(&c->heard))
 		return;
-	atomic_store(&c->timed_out, true);
-	if (!atomic_exchange(&c->counted, true)) {
-		DG_LOGW(TLS, "handshake %s %s rejected: did not finish within %u ms%s%s; closing",
-			c->cfg->mode == NNG_TLS_MODE_SERVER ? "from" : "with", c->peer, c->limit_ms,
-			c->expect[0] ? ", expecting " : "", c->expect);
+	const char *dir = c->cfg->mode == NNG_TLS_MODE_SERVER ? "from" : "with";
+	if (!atomic_load(&c->hs_done)) {
+		if (!atomic_exchange(&c->counted, true)) {
+			DG_LOGW(TLS, "handshake %s %s rejected: did not finish within %u ms%s%s; closing",
+				dir, c->peer, c->limit_ms, c->expect[0] ? ", expecting " : "",
+				c->expect);
+			atomic_fetch_add(&n_failed, 1);
+		}
+	} else if (!atomic_exchange(&c->counted, true)) {
+		/* A client whose handshake finished but that never heard from the server: the
+		 * server most likely refused our certificate and its alert was lost with the close.
+		 * The SSL belongs to nng's threads, so name our certificate from the config. */
+		pthread_mutex_lock(&c->cfg->mtx);
+		names_format(SSL_CTX_get0_certificate(c->cfg->ctx), ours, sizeof(ours));
+		pthread_mutex_unlock(&c->cfg->mtx);
+		DG_LOGW(TLS, "handshake %s %s rejected: the peer closed or fell silent right after the "
+			"handshake and sent nothing within %u ms (did it refuse our certificate %s?); "
+			"closing", dir, c->peer, c->limit_ms, ours);
 		atomic_fetch_add(&n_failed, 1);
+	} else {
+		DG_LOGW(TLS, "connection %s %s: the peer sent nothing within %u ms; closing", dir,
+			c->peer, c->limit_ms);
 	}
 	/* nng 1.5.2: the engine's void * is nng's TLS connection, which begins with its
 	 * nng_stream; closing it takes the connection's lock and fails the queued aios. */
@@ -678,6 +705,25 @@ static int conn_init(struct nng_tls_engine_conn *c, void *tls, struct nng_tls_en
 	return 0;
 }
 
+/* A connection that ends before it was counted, without an error of ours: mid-handshake, or
+ * a client whose handshake finished but that never heard from the server. Every SP peer
+ * speaks first thing, so this is the peer closing on us (or a local close); when a listener
+ * refuses our certificate its alert is often lost with the reset, so name what we showed. */
+static void fini_count_failed(struct nng_tls_engine_conn *c)
+{
+	char reason[NAMES_LEN + 192], ours[NAMES_LEN];
+	X509 *x = SSL_get_certificate(c->ssl);
+	names_format(x, ours, sizeof(ours));
+	if (atomic_load(&c->hs_done))
+		snprintf(reason, sizeof(reason),
+			 "the connection closed right after the handshake, before the peer sent "
+			 "anything (did it refuse our certificate %s?)", x ? ours : "(none)");
+	else
+		snprintf(reason, sizeof(reason), "connection closed before the handshake finished%s%s",
+			 x ? "; our certificate carries " : "", x ? ours : "");
+	hs_count_failed(c, reason);
+}
+
 /* Called by nng's reaper, with no lock, after everything else on the connection has stopped;
  * also for connections whose init never ran (a failed dial), which are all zeroes. */
 static void conn_fini(struct nng_tls_engine_conn *c)
@@ -688,12 +734,8 @@ static void conn_fini(struct nng_tls_engine_conn *c)
 		c->watchdog = NULL;
 	}
 	if (c->ssl) {
-		if (!atomic_load(&c->counted)) {
-			if (atomic_load(&c->hs_done))
-				hs_count_ok(c); /* a client that never read; nobody refused it */
-			else
-				hs_count_failed(c, "connection closed before the handshake finished");
-		}
+		if (!atomic_load(&c->counted))
+			fini_count_failed(c);
 		peer_drop(c);
 		SSL_free(c->ssl);
 		c->ssl = NULL;

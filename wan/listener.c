@@ -24,6 +24,7 @@ struct dg_wan {
 	nng_aio *aio;
 	char *node, *dc;
 	bool receiving; /* false while the reply is being sent */
+	bool stopping;  /* set by dg_wan_free before it stops the aio */
 };
 
 static void answer(dg_wan *w, nng_msg *req)
@@ -48,7 +49,10 @@ static void aio_cb(void *arg)
 {
 	dg_wan *w = arg;
 	int rv = nng_aio_result(w->aio);
-	if (rv == NNG_ECLOSED || rv == NNG_ECANCELED)
+	/* nng also cancels a pending receive when a pipe in mid-negotiation is torn down (a TLS
+	 * handshake cut for stalling): only our own stop ends the loop */
+	if (rv == NNG_ECLOSED || (rv == NNG_ECANCELED && __atomic_load_n(&w->stopping,
+									 __ATOMIC_ACQUIRE)))
 		return;
 	if (!w->receiving) {
 		if (rv != 0)
@@ -111,6 +115,7 @@ void dg_wan_free(dg_wan *w)
 {
 	if (!w)
 		return;
+	__atomic_store_n(&w->stopping, true, __ATOMIC_RELEASE);
 	if (w->aio)
 		nng_aio_stop(w->aio);
 	nng_close(w->sock);
