@@ -522,6 +522,13 @@ target "health/service requests/s >= 0.6 x nginx" "$hr" "$hr" "v >= 0.6"
 target "kv requests/s >= 0.6 x nginx" "$kr" "$kr" "v >= 0.6"
 target "RSS of the idle agent < 10 MiB" "$RSS_IDLE" "$(mib "$RSS_IDLE") MiB" "v < 10240"
 
+# ---------------------------------------------------------------------------------------------
+# TLS: bench/tls.sh prints its own table (OpenSSL engine against nng's mbedTLS and plain tcp, each
+# measured in this run) and its own targets; it exits 0 when its tool is not in the tree yet.
+
+timeout -k 10 900 bash "$HERE/tls.sh" "$DCGATE" ||
+	broke "bench/tls.sh (exit $?; its reasons are listed above)"
+
 if [ ${#BROKEN[@]} -gt 0 ]; then
 	echo
 	echo "broken (figures above marked - were not measured):"

@@ -7,7 +7,7 @@ packages=(
   build-essential pkg-config
   libraft-dev libuv1-dev libmicrohttpd-dev libjansson-dev libcurl4-openssl-dev
   libssl-dev libnng-dev libcmocka-dev libgnutls28-dev openssl
-  python3 python3-consul curl procps iproute2
+  python3 python3-consul python3-cryptography curl procps iproute2
   nodejs npm wrk nginx-light
 )
 

@@ -27,7 +27,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <nng/supplemental/tls/engine.h>
 #include <openssl/err.h>
@@ -56,43 +59,44 @@
 _Atomic unsigned dg__tls_handshake_ms = DG_TLS_HANDSHAKE_MS;
 
 /* Longest peer address text ("[v6]:port") and role/DC labels we keep. */
-#define ADDR_LEN 64
+#define ADDR_LEN  64
 #define LABEL_LEN 64
 #define NAMES_LEN 384
-#define WHY_LEN 768
+#define WHY_LEN	  768
 
 /* ---- engine state ---- */
 
 struct nng_tls_engine_config {
 	pthread_mutex_t mtx;
-	SSL_CTX *ctx;          /* current context; new connections SSL_new() from it (cfg->mtx) */
-	nng_tls_mode mode;     /* immutable */
+	SSL_CTX *ctx;	   /* current context; new connections SSL_new() from it (cfg->mtx) */
+	nng_tls_mode mode; /* immutable */
 	nng_tls_auth_mode auth;
-	int min_ver, max_ver;  /* TLS1_2_VERSION .. TLS1_3_VERSION */
-	char *host;            /* name the peer must carry (dialers), NULL for none (cfg->mtx) */
-	char *accept;          /* accepted-name pattern (listeners), NULL for any; immutable */
-	char *domain;          /* for reading role.dc.domain out of peer names; immutable */
-	bool registered;       /* on the reload registry (reg_mtx) */
+	int min_ver, max_ver; /* TLS1_2_VERSION .. TLS1_3_VERSION */
+	char *host;	      /* name the peer must carry (dialers), NULL for none (cfg->mtx) */
+	char *accept;	      /* accepted-name pattern (listeners), NULL for any; immutable */
+	char *domain;	      /* for reading role.dc.domain out of peer names; immutable */
+	bool registered;      /* on the reload registry (reg_mtx) */
 	struct nng_tls_engine_config *next; /* registry link (reg_mtx) */
 };
 
 struct nng_tls_engine_conn {
-	void *tls;                          /* nng's connection: the arg of nng_tls_engine_send */
-	struct nng_tls_engine_config *cfg;  /* outlives us: nng holds a ref until after fini */
+	void *tls;			   /* nng's connection: the arg of nng_tls_engine_send */
+	struct nng_tls_engine_config *cfg; /* outlives us: nng holds a ref until after fini */
 	SSL *ssl;
 	nng_aio *watchdog;
 	uint64_t started_ms;
 	unsigned limit_ms;
-	int io_err;              /* last nng error the BIO saw, 0 if none */
-	int failed;              /* the nng error that ended the connection, 0 while it lives */
-	atomic_bool hs_done;     /* handshake finished (read by the watchdog) */
-	atomic_bool heard;       /* the peer's first application data has arrived (ditto) */
-	atomic_bool counted;     /* counted once as ok or failed, by whoever decides first */
-	bool published;          /* our entry is in the peer table */
-	char peer[ADDR_LEN];     /* "127.0.0.1:5000", or "unknown"; immutable after init */
-	char expect[256];        /* name the peer must carry, for the log; immutable after init */
+	int io_err;	     /* last nng error the BIO saw, 0 if none */
+	int failed;	     /* the nng error that ended the connection, 0 while it lives */
+	atomic_bool hs_done; /* handshake finished (read by the watchdog) */
+	atomic_bool heard;   /* the peer's first application data has arrived (ditto) */
+	atomic_bool counted; /* counted once as ok or failed, by whoever decides first */
+	bool published;	     /* our entry is in the peer table */
+	char peer[ADDR_LEN]; /* "127.0.0.1:5000", or "unknown"; immutable after init */
+	char local[ADDR_LEN]; /* our end, the same way; immutable after init */
+	char expect[256];    /* name the peer must carry, for the log; immutable after init */
 	char role[LABEL_LEN], dc[LABEL_LEN]; /* from the verified peer's SAN */
-	char why[WHY_LEN];       /* why our verify callback refused the peer, "" if it did not */
+	char why[WHY_LEN]; /* why our verify callback refused the peer, "" if it did not */
 };
 
 static pthread_mutex_t init_mtx = PTHREAD_MUTEX_INITIALIZER;
@@ -122,8 +126,8 @@ struct peer_ent {
 
 /* Appends formatted text to buf (holding a NUL-terminated string of capacity len), truncating
  * with "..." when full, so a log line is never lost to a long certificate. */
-static void __attribute__((format(printf, 3, 4))) str_add(char *buf, size_t len, const char *fmt,
-							   ...)
+static void __attribute__((format(printf, 3, 4)))
+str_add(char *buf, size_t len, const char *fmt, ...)
 {
 	size_t used = strnlen(buf, len);
 	if (len == 0 || used + 1 >= len)
@@ -423,7 +427,7 @@ static int verify_cb(int ok, X509_STORE_CTX *xs)
 		char at[320] = "";
 		if (c->why[0])
 			return 0;
-		/* name the leaf, which is what an operator can fix; add the failing link if higher */
+		/* name the leaf (what an operator can fix), and the failing link if higher */
 		names_format(X509_STORE_CTX_get0_cert(xs), names, sizeof(names));
 		if (depth > 0 && cert) {
 			char subj[256];
@@ -431,21 +435,23 @@ static int verify_cb(int ok, X509_STORE_CTX *xs)
 			snprintf(at, sizeof(at), " (at chain depth %d, %s)", depth, subj);
 		}
 		if (err == X509_V_ERR_HOSTNAME_MISMATCH)
-			snprintf(c->why, sizeof(c->why),
-				 "certificate names %s do not include the expected %s "
-				 "(wrong SAN: is the peer a server of another datacenter, or was its "
-				 "certificate made for another dc/domain?)",
-				 names, c->expect);
+			snprintf(
+			    c->why, sizeof(c->why),
+			    "certificate names %s do not include the expected %s "
+			    "(wrong SAN: is the peer a server of another datacenter, or was its "
+			    "certificate made for another dc/domain?)",
+			    names, c->expect);
 		else
-			snprintf(c->why, sizeof(c->why), "certificate %s failed verification: %s%s%s",
-				 names, X509_verify_cert_error_string(err), at, chain_hint(err));
+			snprintf(c->why, sizeof(c->why),
+				 "certificate %s failed verification: %s%s%s", names,
+				 X509_verify_cert_error_string(err), at, chain_hint(err));
 		return 0;
 	}
 	if (depth != 0)
 		return 1;
 	/* the leaf, with its chain verified: the accepted-name pattern, and who the peer is */
-	struct match_arg m = {.pattern = c->cfg->accept, .domain = c->cfg->domain,
-			      .role = c->role, .dc = c->dc};
+	struct match_arg m = {
+	    .pattern = c->cfg->accept, .domain = c->cfg->domain, .role = c->role, .dc = c->dc};
 	c->role[0] = c->dc[0] = '\0';
 	each_dns_name(cert, match_one, &m);
 	if (m.pattern && !m.matched) {
@@ -475,7 +481,8 @@ static int bio_write_ex(BIO *b, const char *buf, size_t len, size_t *done)
 		return 1;
 	}
 	if (rv == NNG_EAGAIN)
-		BIO_set_retry_write(b); /* nng's 16 KiB send buffer is full; its send callback retries */
+		/* nng's 16 KiB send buffer is full; its send callback calls us again */
+		BIO_set_retry_write(b);
 	else
 		c->io_err = rv;
 	return 0;
@@ -522,11 +529,11 @@ static int conn_fail(struct nng_tls_engine_conn *c, int sslerr)
 		rv = NNG_EPEERAUTH;
 	} else if (sslerr == SSL_ERROR_SYSCALL || (sslerr == SSL_ERROR_SSL && e == 0)) {
 		rv = c->io_err ? c->io_err : NNG_ECONNSHUT;
-		snprintf(reason, sizeof(reason), "connection failed during the handshake: %s",
-			 nng_strerror(rv));
+		snprintf(reason, sizeof(reason), "transport error: %s", nng_strerror(rv));
 	} else if (sslerr == SSL_ERROR_ZERO_RETURN) {
 		rv = NNG_ECONNSHUT;
-		snprintf(reason, sizeof(reason), "peer closed the TLS session during the handshake");
+		snprintf(reason, sizeof(reason),
+			 "peer closed the TLS session during the handshake");
 	} else if (ERR_GET_LIB(e) == ERR_LIB_SSL &&
 		   ERR_GET_REASON(e) == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE) {
 		rv = NNG_EPEERAUTH;
@@ -548,8 +555,8 @@ static int conn_fail(struct nng_tls_engine_conn *c, int sslerr)
 	if (!settled)
 		hs_count_failed(c, reason);
 	else
-		DG_LOGW(TLS, "connection %s %s: %s", c->cfg->mode == NNG_TLS_MODE_SERVER ? "from" : "to",
-			c->peer, reason);
+		DG_LOGW(TLS, "connection %s %s: %s",
+			c->cfg->mode == NNG_TLS_MODE_SERVER ? "from" : "to", c->peer, reason);
 	return rv;
 }
 
@@ -617,6 +624,50 @@ static int conn_send(struct nng_tls_engine_conn *c, const uint8_t *buf, size_t *
 	return conn_io(c, IO_WRITE, (void *)buf, szp);
 }
 
+static void sockaddr_format(const struct sockaddr_storage *ss, char *buf, size_t len)
+{
+	nng_sockaddr sa;
+	memset(&sa, 0, sizeof(sa));
+	if (ss->ss_family == AF_INET) {
+		const struct sockaddr_in *in = (const struct sockaddr_in *)ss;
+		sa.s_in.sa_family = NNG_AF_INET;
+		sa.s_in.sa_port = in->sin_port;
+		sa.s_in.sa_addr = in->sin_addr.s_addr;
+	} else if (ss->ss_family == AF_INET6) {
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)ss;
+		sa.s_in6.sa_family = NNG_AF_INET6;
+		sa.s_in6.sa_port = in6->sin6_port;
+		memcpy(sa.s_in6.sa_addr, &in6->sin6_addr, 16);
+	}
+	addr_format(&sa, buf, len);
+}
+
+/* Ends a stalled connection from below: finds its TCP socket by its two addresses and shuts it
+ * down, so nng's pending read fails as if the peer had gone. Closing nng's TLS stream instead
+ * would fail the transport's accept with NNG_ECLOSED, which nng 1.5.2 takes for "listener
+ * closed": it stops accepting, and every later connection waits forever. Rare (one scan per
+ * stalled handshake), so a walk over the descriptors is cheap enough. */
+static void shutdown_tcp(const char *local, const char *remote)
+{
+	struct rlimit rl;
+	int max = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < 65536 ? (int)rl.rlim_cur
+									     : 65536;
+	char a[ADDR_LEN], b[ADDR_LEN];
+	for (int fd = 3; fd < max; fd++) {
+		struct sockaddr_storage ls, rs;
+		socklen_t ll = sizeof(ls), rl2 = sizeof(rs);
+		if (getsockname(fd, (struct sockaddr *)&ls, &ll) != 0 ||
+		    getpeername(fd, (struct sockaddr *)&rs, &rl2) != 0)
+			continue;
+		sockaddr_format(&ls, a, sizeof(a));
+		sockaddr_format(&rs, b, sizeof(b));
+		if (strcmp(a, local) == 0 && strcmp(b, remote) == 0) {
+			shutdown(fd, SHUT_RDWR);
+			return;
+		}
+	}
+}
+
 /* Runs on an nng taskq thread once the limit has passed since the connection was made. */
 static void watchdog_cb(void *arg)
 {
@@ -627,9 +678,11 @@ static void watchdog_cb(void *arg)
 	const char *dir = c->cfg->mode == NNG_TLS_MODE_SERVER ? "from" : "with";
 	if (!atomic_load(&c->hs_done)) {
 		if (!atomic_exchange(&c->counted, true)) {
-			DG_LOGW(TLS, "handshake %s %s rejected: did not finish within %u ms%s%s; closing",
-				dir, c->peer, c->limit_ms, c->expect[0] ? ", expecting " : "",
-				c->expect);
+			DG_LOGW(
+			    TLS,
+			    "handshake %s %s rejected: did not finish within %u ms%s%s; closing",
+			    dir, c->peer, c->limit_ms, c->expect[0] ? ", expecting " : "",
+			    c->expect);
 			atomic_fetch_add(&n_failed, 1);
 		}
 	} else if (!atomic_exchange(&c->counted, true)) {
@@ -639,17 +692,18 @@ static void watchdog_cb(void *arg)
 		pthread_mutex_lock(&c->cfg->mtx);
 		names_format(SSL_CTX_get0_certificate(c->cfg->ctx), ours, sizeof(ours));
 		pthread_mutex_unlock(&c->cfg->mtx);
-		DG_LOGW(TLS, "handshake %s %s rejected: the peer closed or fell silent right after the "
-			"handshake and sent nothing within %u ms (did it refuse our certificate %s?); "
-			"closing", dir, c->peer, c->limit_ms, ours);
+		DG_LOGW(
+		    TLS,
+		    "handshake %s %s rejected: the peer closed or fell silent right after the "
+		    "handshake and sent nothing within %u ms (did it refuse our certificate %s?); "
+		    "closing",
+		    dir, c->peer, c->limit_ms, ours);
 		atomic_fetch_add(&n_failed, 1);
 	} else {
 		DG_LOGW(TLS, "connection %s %s: the peer sent nothing within %u ms; closing", dir,
 			c->peer, c->limit_ms);
 	}
-	/* nng 1.5.2: the engine's void * is nng's TLS connection, which begins with its
-	 * nng_stream; closing it takes the connection's lock and fails the queued aios. */
-	nng_stream_close((nng_stream *)c->tls);
+	shutdown_tcp(c->local, c->peer);
 }
 
 static int conn_init(struct nng_tls_engine_conn *c, void *tls, struct nng_tls_engine_config *cfg)
@@ -666,6 +720,10 @@ static int conn_init(struct nng_tls_engine_conn *c, void *tls, struct nng_tls_en
 		addr_format(&sa, c->peer, sizeof(c->peer));
 	else
 		snprintf(c->peer, sizeof(c->peer), "unknown");
+	if (nng_stream_get_addr((nng_stream *)tls, NNG_OPT_LOCADDR, &sa) == 0)
+		addr_format(&sa, c->local, sizeof(c->local));
+	else
+		snprintf(c->local, sizeof(c->local), "unknown");
 
 	BIO *bio = BIO_new(bio_meth);
 	if (!bio)
@@ -717,9 +775,11 @@ static void fini_count_failed(struct nng_tls_engine_conn *c)
 	if (atomic_load(&c->hs_done))
 		snprintf(reason, sizeof(reason),
 			 "the connection closed right after the handshake, before the peer sent "
-			 "anything (did it refuse our certificate %s?)", x ? ours : "(none)");
+			 "anything (did it refuse our certificate %s?)",
+			 x ? ours : "(none)");
 	else
-		snprintf(reason, sizeof(reason), "connection closed before the handshake finished%s%s",
+		snprintf(reason, sizeof(reason),
+			 "connection closed before the handshake finished%s%s",
 			 x ? "; our certificate carries " : "", x ? ours : "");
 	hs_count_failed(c, reason);
 }
@@ -801,8 +861,8 @@ static int config_init(struct nng_tls_engine_config *cfg, nng_tls_mode mode)
 		return NNG_ENOMEM;
 	cfg->mode = mode;
 	/* as nng's own engine: clients verify the server, servers ask nothing unless told */
-	cfg->auth = mode == NNG_TLS_MODE_SERVER ? NNG_TLS_AUTH_MODE_NONE
-						: NNG_TLS_AUTH_MODE_REQUIRED;
+	cfg->auth =
+	    mode == NNG_TLS_MODE_SERVER ? NNG_TLS_AUTH_MODE_NONE : NNG_TLS_AUTH_MODE_REQUIRED;
 	cfg->min_ver = TLS1_2_VERSION;
 	cfg->max_ver = TLS1_3_VERSION;
 	ERR_clear_error();
@@ -859,7 +919,7 @@ static int config_auth(struct nng_tls_engine_config *cfg, nng_tls_auth_mode mode
 }
 
 /* Reads every certificate in a PEM text or file into sk; returns how many, -1 on a bad block. */
-static int pem_certs(BIO *in, STACK_OF(X509) *sk)
+static int pem_certs(BIO *in, STACK_OF(X509) * sk)
 {
 	int n = 0;
 	X509 *x;
@@ -876,6 +936,20 @@ static int pem_certs(BIO *in, STACK_OF(X509) *sk)
 	return ERR_peek_error() ? -1 : n;
 }
 
+/* Adds every certificate of sk to st; the same CA twice (ca_file and ca_path, or two calls)
+ * is not an error. 0 or -1 with the OpenSSL error queued. */
+static int store_add_all(X509_STORE *st, STACK_OF(X509) * sk)
+{
+	for (int i = 0; i < sk_X509_num(sk); i++) {
+		if (X509_STORE_add_cert(st, sk_X509_value(sk, i)) == 1)
+			continue;
+		if (ERR_GET_REASON(ERR_peek_last_error()) != X509_R_CERT_ALREADY_IN_HASH_TABLE)
+			return -1;
+		ERR_clear_error();
+	}
+	return 0;
+}
+
 static int config_ca_chain(struct nng_tls_engine_config *cfg, const char *certs, const char *crl)
 {
 	STACK_OF(X509) *sk = sk_X509_new_null();
@@ -886,10 +960,7 @@ static int config_ca_chain(struct nng_tls_engine_config *cfg, const char *certs,
 		goto out;
 	pthread_mutex_lock(&cfg->mtx);
 	X509_STORE *st = SSL_CTX_get_cert_store(cfg->ctx);
-	rv = 0;
-	for (int i = 0; i < sk_X509_num(sk); i++)
-		if (!X509_STORE_add_cert(st, sk_X509_value(sk, i)))
-			rv = NNG_ECRYPTO;
+	rv = store_add_all(st, sk) == 0 ? 0 : NNG_ECRYPTO;
 	if (rv == 0 && crl) {
 		BIO *cin = BIO_new_mem_buf(crl, -1);
 		X509_CRL *x;
@@ -928,7 +999,7 @@ static int pass_cb(char *buf, int size, int rwflag, void *u)
 /* Our identity: a certificate (first PEM certificate), its chain (the others) and key. */
 struct ident {
 	X509 *cert;
-	STACK_OF(X509) *chain;
+	STACK_OF(X509) * chain;
 	EVP_PKEY *key;
 };
 
@@ -996,6 +1067,7 @@ static int config_version(struct nng_tls_engine_config *cfg, nng_tls_version min
 	if (min_ver > max_ver || max_ver < NNG_TLS_1_2 || max_ver > NNG_TLS_1_3)
 		return NNG_ENOTSUP;
 	pthread_mutex_lock(&cfg->mtx);
+	/* nng's version numbers are the wire numbers, as OpenSSL's are (0x303 is TLS 1.2) */
 	cfg->min_ver = min_ver < NNG_TLS_1_2 ? TLS1_2_VERSION : (int)min_ver;
 	cfg->max_ver = (int)max_ver;
 	ctx_apply(cfg, cfg->ctx);
@@ -1004,34 +1076,34 @@ static int config_version(struct nng_tls_engine_config *cfg, nng_tls_version min
 }
 
 static nng_tls_engine_config_ops config_ops = {
-	.size = sizeof(struct nng_tls_engine_config),
-	.init = config_init,
-	.fini = config_fini,
-	.server = config_server,
-	.auth = config_auth,
-	.ca_chain = config_ca_chain,
-	.own_cert = config_own_cert,
-	.version = config_version,
+    .size = sizeof(struct nng_tls_engine_config),
+    .init = config_init,
+    .fini = config_fini,
+    .server = config_server,
+    .auth = config_auth,
+    .ca_chain = config_ca_chain,
+    .own_cert = config_own_cert,
+    .version = config_version,
 };
 
 static nng_tls_engine_conn_ops conn_ops = {
-	.size = sizeof(struct nng_tls_engine_conn),
-	.init = conn_init,
-	.fini = conn_fini,
-	.close = conn_close,
-	.handshake = conn_handshake,
-	.recv = conn_recv,
-	.send = conn_send,
-	.verified = conn_verified,
+    .size = sizeof(struct nng_tls_engine_conn),
+    .init = conn_init,
+    .fini = conn_fini,
+    .close = conn_close,
+    .handshake = conn_handshake,
+    .recv = conn_recv,
+    .send = conn_send,
+    .verified = conn_verified,
 };
 
 static nng_tls_engine engine = {
-	.version = NNG_TLS_ENGINE_VERSION,
-	.config_ops = &config_ops,
-	.conn_ops = &conn_ops,
-	.name = "openssl",
-	.description = "OpenSSL",
-	.fips_mode = false,
+    .version = NNG_TLS_ENGINE_VERSION,
+    .config_ops = &config_ops,
+    .conn_ops = &conn_ops,
+    .name = "openssl",
+    .description = "OpenSSL",
+    .fips_mode = false,
 };
 
 /* ---- the public side ---- */
@@ -1092,8 +1164,7 @@ void dg_tls_stats(struct dg_tls_stats *out)
 	out->reloads = atomic_load(&n_reloads);
 }
 
-int dg_tls_peer_identity(const nng_sockaddr *remote, char *role, size_t rlen, char *dc,
-			 size_t dlen)
+int dg_tls_peer_identity(const nng_sockaddr *remote, char *role, size_t rlen, char *dc, size_t dlen)
 {
 	char key[ADDR_LEN];
 	int rv = DG_ENOTFOUND;
@@ -1110,7 +1181,7 @@ int dg_tls_peer_identity(const nng_sockaddr *remote, char *role, size_t rlen, ch
 struct material {
 	struct ident id;
 	bool has_id;
-	STACK_OF(X509) *cas;
+	STACK_OF(X509) * cas;
 };
 
 static void material_fini(struct material *m)
@@ -1120,7 +1191,7 @@ static void material_fini(struct material *m)
 	memset(m, 0, sizeof(*m));
 }
 
-static int ca_file_load(const char *path, STACK_OF(X509) *cas, bool must, char *err, size_t errlen)
+static int ca_file_load(const char *path, STACK_OF(X509) * cas, bool must, char *err, size_t errlen)
 {
 	BIO *in = BIO_new_file(path, "r");
 	int n = in ? pem_certs(in, cas) : -1;
@@ -1137,8 +1208,8 @@ static int ca_file_load(const char *path, STACK_OF(X509) *cas, bool must, char *
 }
 
 /* Loads the policy's files with plain OpenSSL calls; need_id: fail without cert and key. */
-static int material_load(const struct dg_tls_policy *p, bool need_id, struct material *m,
-			 char *err, size_t errlen)
+static int material_load(const struct dg_tls_policy *p, bool need_id, struct material *m, char *err,
+			 size_t errlen)
 {
 	int rv;
 	memset(m, 0, sizeof(*m));
@@ -1209,15 +1280,8 @@ static SSL_CTX *ctx_build(struct nng_tls_engine_config *cfg, const struct materi
 		ossl_err(err, errlen, "SSL_CTX_new", NULL);
 		return NULL;
 	}
-	X509_STORE *st = SSL_CTX_get_cert_store(ctx);
-	for (int i = 0; i < sk_X509_num(m->cas); i++) {
-		if (!X509_STORE_add_cert(st, sk_X509_value(m->cas, i))) {
-			unsigned long e = ERR_peek_last_error();
-			if (ERR_GET_REASON(e) != X509_R_CERT_ALREADY_IN_HASH_TABLE)
-				goto fail;
-			ERR_clear_error(); /* the same CA twice (file and path) is fine */
-		}
-	}
+	if (store_add_all(SSL_CTX_get_cert_store(ctx), m->cas) != 0)
+		goto fail;
 	if (m->has_id && ctx_use_ident(ctx, &m->id) != 0)
 		goto fail;
 	return ctx;
@@ -1306,8 +1370,8 @@ int dg_tls_dialer_config(const struct dg_tls_policy *p, const char *dc, nng_tls_
 	return config_make(p, NNG_TLS_MODE_CLIENT, check ? host : NULL, NULL, out, err, errlen);
 }
 
-int dg_tls_listener_config(const struct dg_tls_policy *p, const char *accept,
-			   nng_tls_config **out, char *err, size_t errlen)
+int dg_tls_listener_config(const struct dg_tls_policy *p, const char *accept, nng_tls_config **out,
+			   char *err, size_t errlen)
 {
 	return config_make(p, NNG_TLS_MODE_SERVER, NULL, accept, out, err, errlen);
 }
