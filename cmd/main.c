@@ -452,8 +452,9 @@ static int run_agent(int argc, char **argv)
 		dg_tls_policy_fini(&pol);
 		goto fail;
 	}
-	/* OpenSSL under every tls+tcp:// link; must precede any nng socket */
-	if (dg_tls_engine_init() != 0) {
+	/* OpenSSL under every tls+tcp:// link; must precede any nng socket. An agent without
+	 * certificates opens no TLS link, and skipping OpenSSL's set-up keeps its memory small. */
+	if (dg_tls_policy_has_identity(&pol) && dg_tls_engine_init() != 0) {
 		fprintf(stderr, "==> Cannot register the OpenSSL TLS engine with nng\n");
 		dg_tls_policy_fini(&pol);
 		goto fail;
