@@ -72,6 +72,22 @@ static bool flag_match(const char *arg, const char *name, const char **inline_va
 	return false;
 }
 
+/* Merges add into merged: nested objects (ports, tls, ...) key by key, as Consul's config merge
+ * does; anything else replaced. */
+static void merge_config(json_t *merged, json_t *add)
+{
+	const char *k;
+	json_t *v;
+	json_object_foreach(add, k, v)
+	{
+		json_t *cur = json_object_get(merged, k);
+		if (json_is_object(cur) && json_is_object(v))
+			json_object_update(cur, v);
+		else
+			json_object_set(merged, k, v);
+	}
+}
+
 static int load_config_file(json_t *merged, const char *path)
 {
 	json_error_t err;
@@ -82,17 +98,7 @@ static int load_config_file(json_t *merged, const char *path)
 		json_decref(j);
 		return DG_EINVAL;
 	}
-	/* nested objects (ports, tls, ...) merge key by key, as Consul's config merge does */
-	const char *k;
-	json_t *v;
-	json_object_foreach(j, k, v)
-	{
-		json_t *cur = json_object_get(merged, k);
-		if (json_is_object(cur) && json_is_object(v))
-			json_object_update(cur, v);
-		else
-			json_object_set(merged, k, v);
-	}
+	merge_config(merged, j);
 	json_decref(j);
 	return 0;
 }
@@ -153,7 +159,8 @@ static int parse_agent_flags(int argc, char **argv, struct agent_config *ac)
 			continue;
 		}
 		if (flag_match(a, "server", &v)) {
-			json_object_set_new(flags, "server", json_boolean(!v || strcmp(v, "false") != 0));
+			json_object_set_new(flags, "server",
+					    json_boolean(!v || strcmp(v, "false") != 0));
 			continue;
 		}
 		if (flag_match(a, "bootstrap", &v)) {
@@ -167,31 +174,31 @@ static int parse_agent_flags(int argc, char **argv, struct agent_config *ac)
 			const char *key; /* config key, or a port name after "ports." */
 			bool integer;
 		} valued[] = {
-			{"bootstrap-expect", "bootstrap_expect", true},
-			{"datacenter", "datacenter", false},
-			{"node", "node_name", false},
-			{"node-id", "node_id", false},
-			{"bind", "bind_addr", false},
-			{"advertise", "advertise_addr", false},
-			{"advertise-wan", "advertise_addr_wan", false},
-			{"client", "client_addr", false},
-			{"data-dir", "data_dir", false},
-			{"log-level", "log_level", false},
-			{"domain", "domain", false},
-			{"encrypt", "encrypt", false},
-			{"http-port", "ports.http", true},
-			{"https-port", "ports.https", true},
-			{"dns-port", "ports.dns", true},
-			{"server-port", "ports.server", true},
-			{"serf-lan-port", "ports.serf_lan", true},
-			{"serf-wan-port", "ports.serf_wan", true},
-			{"grpc-port", "ports.grpc", true},
-			{"config-file", "-config-file", false},
-			{"config-dir", "-config-dir", false},
-			{"join", "-join", false},
-			{"retry-join", "-retry-join", false},
-			{"join-wan", "-join-wan", false},
-			{"retry-join-wan", "-retry-join-wan", false},
+		    {"bootstrap-expect", "bootstrap_expect", true},
+		    {"datacenter", "datacenter", false},
+		    {"node", "node_name", false},
+		    {"node-id", "node_id", false},
+		    {"bind", "bind_addr", false},
+		    {"advertise", "advertise_addr", false},
+		    {"advertise-wan", "advertise_addr_wan", false},
+		    {"client", "client_addr", false},
+		    {"data-dir", "data_dir", false},
+		    {"log-level", "log_level", false},
+		    {"domain", "domain", false},
+		    {"encrypt", "encrypt", false},
+		    {"http-port", "ports.http", true},
+		    {"https-port", "ports.https", true},
+		    {"dns-port", "ports.dns", true},
+		    {"server-port", "ports.server", true},
+		    {"serf-lan-port", "ports.serf_lan", true},
+		    {"serf-wan-port", "ports.serf_wan", true},
+		    {"grpc-port", "ports.grpc", true},
+		    {"config-file", "-config-file", false},
+		    {"config-dir", "-config-dir", false},
+		    {"join", "-join", false},
+		    {"retry-join", "-retry-join", false},
+		    {"join-wan", "-join-wan", false},
+		    {"retry-join-wan", "-retry-join-wan", false},
 		};
 		bool known = false;
 		for (size_t f = 0; f < sizeof(valued) / sizeof(valued[0]); f++) {
@@ -247,17 +254,7 @@ static int parse_agent_flags(int argc, char **argv, struct agent_config *ac)
 			return DG_EINVAL;
 		}
 	}
-	/* flags win over files */
-	const char *k;
-	json_t *v;
-	json_object_foreach(flags, k, v)
-	{
-		json_t *cur = json_object_get(merged, k);
-		if (json_is_object(cur) && json_is_object(v))
-			json_object_update(cur, v);
-		else
-			json_object_set(merged, k, v);
-	}
+	merge_config(merged, flags); /* flags win over files */
 	json_decref(flags);
 	return 0;
 }
@@ -368,7 +365,8 @@ static void reload(int argc, char **argv, const char *dc, const char *domain, bo
 	enum dg_log_level level;
 	if (dg_log_parse_level(cfg_str(ac.merged, "log_level", "info"), &level) == 0)
 		dg_log_set_level(level);
-	if (dg_tls_policy_from_config(ac.merged, dc, domain, server, &next, msg, sizeof(msg)) != 0) {
+	if (dg_tls_policy_from_config(ac.merged, dc, domain, server, &next, msg, sizeof(msg)) !=
+	    0) {
 		DG_LOGE(MAIN, "reload: invalid TLS configuration, keeping the old one: %s", msg);
 		json_decref(ac.merged);
 		return;
@@ -422,8 +420,9 @@ static int run_agent(int argc, char **argv)
 		goto fail;
 	}
 	if (!server) {
-		fprintf(stderr, "==> This agent would be a client agent, which needs servers to join; "
-				"run with -server -bootstrap-expect=1 (or -dev) for a single server\n");
+		fprintf(stderr,
+			"==> This agent would be a client agent, which needs servers to join; "
+			"run with -server -bootstrap-expect=1 (or -dev) for a single server\n");
 		goto fail;
 	}
 	if (expect > 1) {
@@ -448,7 +447,8 @@ static int run_agent(int argc, char **argv)
 	}
 	int https_port = cfg_port(cfg, "https", 0);
 	if (https_port > 0 && !dg_tls_policy_has_identity(&pol)) {
-		fprintf(stderr, "==> ports.https is set but no cert_file and key_file are configured\n");
+		fprintf(stderr,
+			"==> ports.https is set but no cert_file and key_file are configured\n");
 		dg_tls_policy_fini(&pol);
 		goto fail;
 	}
@@ -475,18 +475,18 @@ static int run_agent(int argc, char **argv)
 
 	dg_catalog *cat = dg_cat_new(dc);
 	struct dg_lan_config lc = {
-		.node = node,
-		.node_id = node_id,
-		.dc = dc,
-		.bind_addr = bind,
-		.advertise = advertise,
-		.data_dir = temp_dir ? NULL : data_dir,
-		.server_port = cfg_port(cfg, "server", 8300),
-		.dev = temp_dir,
-		.server = server,
-		.check_deregister_min_ns = 60LL * 1000000000LL,
-		.snapshot_threshold = 16384,
-		.version = DG_CONSUL_VERSION,
+	    .node = node,
+	    .node_id = node_id,
+	    .dc = dc,
+	    .bind_addr = bind,
+	    .advertise = advertise,
+	    .data_dir = temp_dir ? NULL : data_dir,
+	    .server_port = cfg_port(cfg, "server", 8300),
+	    .dev = temp_dir,
+	    .server = server,
+	    .check_deregister_min_ns = 60LL * 1000000000LL,
+	    .snapshot_threshold = 16384,
+	    .version = DG_CONSUL_VERSION,
 	};
 	dg_lan *lan = NULL;
 	if ((rv = dg_lan_start(&lc, cat, &lan, msg, sizeof(msg))) != 0) {
@@ -495,21 +495,21 @@ static int run_agent(int argc, char **argv)
 		free(node_id);
 		goto fail;
 	}
-	json_t *self_cfg = json_pack("{s:s, s:s, s:s, s:s, s:b, s:s, s:s}", "Datacenter", dc,
-				     "PrimaryDatacenter", dc, "NodeName", node, "NodeID",
-				     dg_lan_node_id(lan), "Server", server, "Version",
-				     DG_CONSUL_VERSION, "Revision", "dcgate-" DG_VERSION);
+	json_t *self_cfg =
+	    json_pack("{s:s, s:s, s:s, s:s, s:b, s:s, s:s}", "Datacenter", dc, "PrimaryDatacenter",
+		      dc, "NodeName", node, "NodeID", dg_lan_node_id(lan), "Server", server,
+		      "Version", DG_CONSUL_VERSION, "Revision", "dcgate-" DG_VERSION);
 	char *self_text = json_dumps(self_cfg, JSON_COMPACT);
 	json_decref(self_cfg);
 	struct dg_http_config hc = {
-		.bind = client,
-		.port = cfg_port(cfg, "http", 8500),
-		.version = DG_VERSION,
-		.consul_version = DG_CONSUL_VERSION,
-		.domain = "consul.",
-		.config_json = self_text,
-		.on_leave = request_leave,
-		.on_reload = request_reload,
+	    .bind = client,
+	    .port = cfg_port(cfg, "http", 8500),
+	    .version = DG_VERSION,
+	    .consul_version = DG_CONSUL_VERSION,
+	    .domain = "consul.",
+	    .config_json = self_text,
+	    .on_leave = request_leave,
+	    .on_reload = request_reload,
 	};
 	note_expiry(&pol);
 	hc.tls_days = dg_tls_policy_has_identity(&pol) ? tls_days : NULL;
@@ -557,8 +557,8 @@ static int run_agent(int argc, char **argv)
 		"      Cluster Addr: %s (raft: %d)\n"
 		"          Data Dir: %s\n",
 		DG_VERSION, DG_CONSUL_VERSION, dg_lan_node_id(lan), node, dc,
-		server ? "true" : "false", client, dg_http_port(http), advertise,
-		lc.server_port, temp_dir ? "(dev: temporary)" : data_dir);
+		server ? "true" : "false", client, dg_http_port(http), advertise, lc.server_port,
+		temp_dir ? "(dev: temporary)" : data_dir);
 	DG_LOGI(MAIN, "started; HTTP API on %s:%d", client, dg_http_port(http));
 
 	for (;;) {
@@ -611,7 +611,8 @@ static int run_wan_ping(int argc, char **argv)
 		}
 	}
 	if (!address || !target) {
-		fprintf(stderr, "Usage: dcgate wan ping -address HOST:PORT -dc DC -config-file F\n");
+		fprintf(stderr,
+			"Usage: dcgate wan ping -address HOST:PORT -dc DC -config-file F\n");
 		return 1;
 	}
 	struct agent_config ac = {0};
@@ -629,7 +630,8 @@ static int run_wan_ping(int argc, char **argv)
 	} else {
 		if (dg_tls_engine_init() != 0)
 			fprintf(stderr, "Cannot register the OpenSSL TLS engine\n");
-		else if (dg_wan_ping(&pol, address, target, out, sizeof(out), msg, sizeof(msg)) != 0)
+		else if (dg_wan_ping(&pol, address, target, out, sizeof(out), msg, sizeof(msg)) !=
+			 0)
 			fprintf(stderr, "Error: %s\n", msg);
 		else {
 			printf("%s\n", out);
@@ -643,19 +645,20 @@ static int run_wan_ping(int argc, char **argv)
 
 static void usage(void)
 {
-	fprintf(stderr, "Usage: dcgate <command> [args]\n\n"
-			"Commands:\n"
-			"  agent        Runs an agent (dcgate agent -dev)\n"
-			"  members      Lists the members of the cluster\n"
-			"  catalog      Lists datacenters, nodes and services\n"
-			"  kv           Reads and writes the KV store\n"
-			"  services     Registers and deregisters services\n"
-			"  info         Shows the agent's details\n"
-			"  join         Joins the agent to a cluster\n"
-			"  leave        Gracefully leaves and shuts down the agent\n"
-			"  reload       Reloads the agent's configuration\n"
-			"  tls          Makes a CA and certificates (tls ca create, tls cert create)\n"
-			"  version      Prints the version\n");
+	fprintf(stderr,
+		"Usage: dcgate <command> [args]\n\n"
+		"Commands:\n"
+		"  agent        Runs an agent (dcgate agent -dev)\n"
+		"  members      Lists the members of the cluster\n"
+		"  catalog      Lists datacenters, nodes and services\n"
+		"  kv           Reads and writes the KV store\n"
+		"  services     Registers and deregisters services\n"
+		"  info         Shows the agent's details\n"
+		"  join         Joins the agent to a cluster\n"
+		"  leave        Gracefully leaves and shuts down the agent\n"
+		"  reload       Reloads the agent's configuration\n"
+		"  tls          Makes a CA and certificates (tls ca create, tls cert create)\n"
+		"  version      Prints the version\n");
 }
 
 int main(int argc, char **argv)

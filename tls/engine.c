@@ -21,13 +21,14 @@
 
 #include <arpa/inet.h>
 #include <dirent.h>
+#include <fcntl.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -43,20 +44,29 @@
 #define TLS "tls"
 
 /* A connection whose peer has sent no application data this long after the TCP connection was
- * made is closed (and, if the handshake was not over, counted as a failed handshake). nng 1.5.2
+ * made is cut (and, if the handshake was not over, counted as a failed handshake). nng 1.5.2
  * bounds neither case: (1) its 10 s SP negotiation timeout cancels the header aio, but while
  * the handshake waits for the peer that aio sits in the TLS layer's send queue, and cancelling
  * it only aborts the idle TCP send, so a silent peer holds the connection, and a synchronous
  * dial, forever; (2) when TCP fails while no aio is queued on the TLS stream (for instance
  * between the SP header send and the header receive, as when a listener refuses our
  * certificate and closes), nng closes its TCP aios, and the next receive restarts one that can
- * never complete, with no error, so it too waits forever. Closing the stream through nng fails
- * whatever is queued. Every SP peer sends its 8-byte header right after the handshake, so an
- * established link always passes this check; a protocol whose client speaks first and waits
- * longer for an answer (nng's HTTP over TLS) would need it relaxed. Tests lower it through the
- * extern below. */
+ * never complete, with no error, so it too waits forever (the "zombie" below).
+ *
+ * How to cut matters as much: a negotiating pipe that fails with NNG_ECLOSED (what
+ * nng_stream_close() gives) passes that error to the socket's listener, which then stops
+ * accepting for good, and a dialer stops redialing. So the watchdog shuts the TCP socket down
+ * instead (nng reports NNG_ECONNSHUT: the listener goes on, the dialer redials), and only a
+ * dialer's zombie, which nothing else can release, is closed through nng; a listener's zombie
+ * is left (one connection) rather than the listener stopped.
+ *
+ * Every SP peer sends its 8-byte header right after the handshake, so an established link
+ * always passes this check; a protocol whose client speaks first and waits longer for an
+ * answer (nng's HTTP over TLS) would need it relaxed. Tests lower it through the extern below. */
 #define DG_TLS_HANDSHAKE_MS 10000
 _Atomic unsigned dg__tls_handshake_ms = DG_TLS_HANDSHAKE_MS;
+/* After shutting a socket down, how long nng gets to notice before the watchdog looks again. */
+#define DG_TLS_GRACE_MS 1000
 
 /* Longest peer address text ("[v6]:port") and role/DC labels we keep. */
 #define ADDR_LEN  64
@@ -86,15 +96,16 @@ struct nng_tls_engine_conn {
 	nng_aio *watchdog;
 	uint64_t started_ms;
 	unsigned limit_ms;
-	int io_err;	     /* last nng error the BIO saw, 0 if none */
-	int failed;	     /* the nng error that ended the connection, 0 while it lives */
-	atomic_bool hs_done; /* handshake finished (read by the watchdog) */
-	atomic_bool heard;   /* the peer's first application data has arrived (ditto) */
-	atomic_bool counted; /* counted once as ok or failed, by whoever decides first */
-	bool published;	     /* our entry is in the peer table */
-	char peer[ADDR_LEN]; /* "127.0.0.1:5000", or "unknown"; immutable after init */
-	char local[ADDR_LEN]; /* our end, the same way; immutable after init */
-	char expect[256];    /* name the peer must carry, for the log; immutable after init */
+	nng_sockaddr local, remote; /* the TCP connection's ends (family 0 when unknown) */
+	bool kicked;		    /* the watchdog has shut the socket down (watchdog only) */
+	int io_err;		    /* last nng error the BIO saw, 0 if none */
+	int failed;		    /* the nng error that ended the connection, 0 while it lives */
+	atomic_bool hs_done;	    /* handshake finished (read by the watchdog) */
+	atomic_bool heard;	    /* the peer's first application data has arrived (ditto) */
+	atomic_bool counted;	    /* counted once as ok or failed, by whoever decides first */
+	bool published;		    /* our entry is in the peer table */
+	char peer[ADDR_LEN];	    /* "127.0.0.1:5000", or "unknown"; immutable after init */
+	char expect[256]; /* name the peer must carry, for the log; immutable after init */
 	char role[LABEL_LEN], dc[LABEL_LEN]; /* from the verified peer's SAN */
 	char why[WHY_LEN]; /* why our verify callback refused the peer, "" if it did not */
 };
@@ -521,7 +532,12 @@ enum io_op { IO_HANDSHAKE, IO_READ, IO_WRITE };
 static int conn_fail(struct nng_tls_engine_conn *c, int sslerr)
 {
 	char reason[WHY_LEN + 256], ours[NAMES_LEN];
-	int rv = NNG_ECRYPTO;
+	/* Until the peer has spoken, a failure ends an SP negotiation, and nng hands that error
+	 * to the socket's listener or dialer: NNG_EPEERAUTH and NNG_ECONNRESET keep a listener
+	 * accepting at once (NNG_ECRYPTO would pause it 100 ms per bad client; NNG_ECLOSED would
+	 * stop it) and make a dialer redial. */
+	bool early = !atomic_load(&c->heard);
+	int rv = early ? NNG_EPEERAUTH : NNG_ECRYPTO;
 	bool settled = atomic_load(&c->counted);
 	unsigned long e = ERR_peek_last_error();
 	if (c->why[0]) {
@@ -530,8 +546,10 @@ static int conn_fail(struct nng_tls_engine_conn *c, int sslerr)
 	} else if (sslerr == SSL_ERROR_SYSCALL || (sslerr == SSL_ERROR_SSL && e == 0)) {
 		rv = c->io_err ? c->io_err : NNG_ECONNSHUT;
 		snprintf(reason, sizeof(reason), "transport error: %s", nng_strerror(rv));
+		if (early)
+			rv = NNG_ECONNRESET;
 	} else if (sslerr == SSL_ERROR_ZERO_RETURN) {
-		rv = NNG_ECONNSHUT;
+		rv = early ? NNG_ECONNRESET : NNG_ECONNSHUT;
 		snprintf(reason, sizeof(reason),
 			 "peer closed the TLS session during the handshake");
 	} else if (ERR_GET_LIB(e) == ERR_LIB_SSL &&
@@ -602,7 +620,7 @@ static int conn_io(struct nng_tls_engine_conn *c, enum io_op op, void *buf, size
 	int err = SSL_get_error(c->ssl, n);
 	if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE)
 		return NNG_EAGAIN;
-	if (err == SSL_ERROR_ZERO_RETURN && atomic_load(&c->counted)) {
+	if (err == SSL_ERROR_ZERO_RETURN && atomic_load(&c->heard)) {
 		ERR_clear_error();
 		return NNG_ECONNSHUT; /* close_notify on an established connection */
 	}
@@ -624,51 +642,58 @@ static int conn_send(struct nng_tls_engine_conn *c, const uint8_t *buf, size_t *
 	return conn_io(c, IO_WRITE, (void *)buf, szp);
 }
 
-static void sockaddr_format(const struct sockaddr_storage *ss, char *buf, size_t len)
+/* True if ss is the address na. */
+static bool addr_is(const struct sockaddr_storage *ss, const nng_sockaddr *na)
 {
-	nng_sockaddr sa;
-	memset(&sa, 0, sizeof(sa));
-	if (ss->ss_family == AF_INET) {
-		const struct sockaddr_in *in = (const struct sockaddr_in *)ss;
-		sa.s_in.sa_family = NNG_AF_INET;
-		sa.s_in.sa_port = in->sin_port;
-		sa.s_in.sa_addr = in->sin_addr.s_addr;
-	} else if (ss->ss_family == AF_INET6) {
-		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)ss;
-		sa.s_in6.sa_family = NNG_AF_INET6;
-		sa.s_in6.sa_port = in6->sin6_port;
-		memcpy(sa.s_in6.sa_addr, &in6->sin6_addr, 16);
+	if (ss->ss_family == AF_INET && na->s_family == NNG_AF_INET) {
+		const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+		return a->sin_port == na->s_in.sa_port && a->sin_addr.s_addr == na->s_in.sa_addr;
 	}
-	addr_format(&sa, buf, len);
+	if (ss->ss_family == AF_INET6 && na->s_family == NNG_AF_INET6) {
+		const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+		return a->sin6_port == na->s_in6.sa_port &&
+		       memcmp(&a->sin6_addr, na->s_in6.sa_addr, 16) == 0;
+	}
+	return false;
 }
 
-/* Ends a stalled connection from below: finds its TCP socket by its two addresses and shuts it
- * down, so nng's pending read fails as if the peer had gone. Closing nng's TLS stream instead
- * would fail the transport's accept with NNG_ECLOSED, which nng 1.5.2 takes for "listener
- * closed": it stops accepting, and every later connection waits forever. Rare (one scan per
- * stalled handshake), so a walk over the descriptors is cheap enough. */
-static void shutdown_tcp(const char *local, const char *remote)
+/* Shuts down the TCP socket whose ends are local and remote, so that nng's pending receive
+ * ends with NNG_ECONNSHUT. nng 1.5.2 has no option that gives a stream's descriptor, so this
+ * looks through our descriptors; each candidate is dup()ed first and checked and shut down
+ * through the copy, so a descriptor nng closes and reuses meanwhile is never touched. Called
+ * only for connections the watchdog cuts. Returns true if the socket was found. */
+static bool tcp_shutdown(const nng_sockaddr *local, const nng_sockaddr *remote)
 {
-	struct rlimit rl;
-	int max = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < 65536 ? (int)rl.rlim_cur
-									     : 65536;
-	char a[ADDR_LEN], b[ADDR_LEN];
-	for (int fd = 3; fd < max; fd++) {
-		struct sockaddr_storage ls, rs;
-		socklen_t ll = sizeof(ls), rl2 = sizeof(rs);
-		if (getsockname(fd, (struct sockaddr *)&ls, &ll) != 0 ||
-		    getpeername(fd, (struct sockaddr *)&rs, &rl2) != 0)
+	DIR *d;
+	struct dirent *de;
+	bool found = false;
+	if (local->s_family == 0 || remote->s_family == 0 || (d = opendir("/proc/self/fd")) == NULL)
+		return false;
+	while (!found && (de = readdir(d)) != NULL) {
+		char *end;
+		long fd = strtol(de->d_name, &end, 10);
+		if (*end != '\0' || end == de->d_name || fd < 0 || fd == dirfd(d))
 			continue;
-		sockaddr_format(&ls, a, sizeof(a));
-		sockaddr_format(&rs, b, sizeof(b));
-		if (strcmp(a, local) == 0 && strcmp(b, remote) == 0) {
-			shutdown(fd, SHUT_RDWR);
-			return;
+		int copy = fcntl((int)fd, F_DUPFD_CLOEXEC, 0);
+		struct stat st;
+		struct sockaddr_storage a, b;
+		socklen_t al = sizeof(a), bl = sizeof(b);
+		if (copy < 0)
+			continue;
+		if (fstat(copy, &st) == 0 && S_ISSOCK(st.st_mode) &&
+		    getsockname(copy, (struct sockaddr *)&a, &al) == 0 &&
+		    getpeername(copy, (struct sockaddr *)&b, &bl) == 0 && addr_is(&a, local) &&
+		    addr_is(&b, remote)) {
+			found = shutdown(copy, SHUT_RDWR) == 0;
 		}
+		close(copy);
 	}
+	closedir(d);
+	return found;
 }
 
-/* Runs on an nng taskq thread once the limit has passed since the connection was made. */
+/* Runs on an nng taskq thread once the limit has passed since the connection was made, and
+ * again DG_TLS_GRACE_MS after it shut the socket down if the connection is still there. */
 static void watchdog_cb(void *arg)
 {
 	struct nng_tls_engine_conn *c = arg;
@@ -676,39 +701,59 @@ static void watchdog_cb(void *arg)
 	if (nng_aio_result(c->watchdog) != 0 || atomic_load(&c->heard))
 		return;
 	const char *dir = c->cfg->mode == NNG_TLS_MODE_SERVER ? "from" : "with";
-	if (!atomic_load(&c->hs_done)) {
-		if (!atomic_exchange(&c->counted, true)) {
-			DG_LOGW(
-			    TLS,
-			    "handshake %s %s rejected: did not finish within %u ms%s%s; closing",
-			    dir, c->peer, c->limit_ms, c->expect[0] ? ", expecting " : "",
-			    c->expect);
+	if (!c->kicked) {
+		if (!atomic_load(&c->hs_done)) {
+			if (!atomic_exchange(&c->counted, true)) {
+				DG_LOGW(TLS,
+					"handshake %s %s rejected: did not finish within %u ms%s%s",
+					dir, c->peer, c->limit_ms,
+					c->expect[0] ? ", expecting " : "", c->expect);
+				atomic_fetch_add(&n_failed, 1);
+			}
+		} else if (!atomic_exchange(&c->counted, true)) {
+			/* A client whose handshake finished but that never heard from the server:
+			 * the server most likely refused our certificate and its alert was lost
+			 * with the close. The SSL belongs to nng's threads: name our certificate
+			 * from the config. */
+			pthread_mutex_lock(&c->cfg->mtx);
+			names_format(SSL_CTX_get0_certificate(c->cfg->ctx), ours, sizeof(ours));
+			pthread_mutex_unlock(&c->cfg->mtx);
+			DG_LOGW(TLS,
+				"handshake %s %s rejected: the peer closed or fell silent right "
+				"after the handshake and sent nothing within %u ms (did it refuse "
+				"our certificate %s?)",
+				dir, c->peer, c->limit_ms, ours);
 			atomic_fetch_add(&n_failed, 1);
+		} else {
+			DG_LOGW(TLS,
+				"connection %s %s: the peer sent nothing within %u ms; closing",
+				dir, c->peer, c->limit_ms);
 		}
-	} else if (!atomic_exchange(&c->counted, true)) {
-		/* A client whose handshake finished but that never heard from the server: the
-		 * server most likely refused our certificate and its alert was lost with the close.
-		 * The SSL belongs to nng's threads, so name our certificate from the config. */
-		pthread_mutex_lock(&c->cfg->mtx);
-		names_format(SSL_CTX_get0_certificate(c->cfg->ctx), ours, sizeof(ours));
-		pthread_mutex_unlock(&c->cfg->mtx);
-		DG_LOGW(
-		    TLS,
-		    "handshake %s %s rejected: the peer closed or fell silent right after the "
-		    "handshake and sent nothing within %u ms (did it refuse our certificate %s?); "
-		    "closing",
-		    dir, c->peer, c->limit_ms, ours);
-		atomic_fetch_add(&n_failed, 1);
-	} else {
-		DG_LOGW(TLS, "connection %s %s: the peer sent nothing within %u ms; closing", dir,
-			c->peer, c->limit_ms);
+		c->kicked = true;
+		if (tcp_shutdown(&c->local, &c->remote)) {
+			nng_sleep_aio(DG_TLS_GRACE_MS,
+				      c->watchdog); /* fini cancels it if it worked */
+			return;
+		}
 	}
-	shutdown_tcp(c->local, c->peer);
+	/* nng did not let go: its TCP aios are already gone (the zombie) or the socket is. */
+	if (c->cfg->mode == NNG_TLS_MODE_CLIENT) {
+		/* nng 1.5.2: the engine's void * is nng's TLS connection, which begins with its
+		 * nng_stream. Closing it fails the queued aios with NNG_ECLOSED: a synchronous dial
+		 * returns; a background dialer does not redial, but it was stuck for good anyway.
+		 */
+		nng_stream_close((nng_stream *)c->tls);
+	} else {
+		DG_LOGW(TLS,
+			"connection from %s: nng lost its transport and cannot release it "
+			"without stopping the listener (nng 1.5.2); it stays until the listener "
+			"closes",
+			c->peer);
+	}
 }
 
 static int conn_init(struct nng_tls_engine_conn *c, void *tls, struct nng_tls_engine_config *cfg)
 {
-	nng_sockaddr sa;
 	int rv;
 	c->tls = tls;
 	c->cfg = cfg;
@@ -716,14 +761,12 @@ static int conn_init(struct nng_tls_engine_conn *c, void *tls, struct nng_tls_en
 	c->limit_ms = atomic_load(&dg__tls_handshake_ms);
 	/* nng 1.5.2 hands us its TLS connection (an nng_stream whose TCP stream is set by now);
 	 * asking it for the remote address takes no lock of the connection. */
-	if (nng_stream_get_addr((nng_stream *)tls, NNG_OPT_REMADDR, &sa) == 0)
-		addr_format(&sa, c->peer, sizeof(c->peer));
+	if (nng_stream_get_addr((nng_stream *)tls, NNG_OPT_REMADDR, &c->remote) == 0)
+		addr_format(&c->remote, c->peer, sizeof(c->peer));
 	else
 		snprintf(c->peer, sizeof(c->peer), "unknown");
-	if (nng_stream_get_addr((nng_stream *)tls, NNG_OPT_LOCADDR, &sa) == 0)
-		addr_format(&sa, c->local, sizeof(c->local));
-	else
-		snprintf(c->local, sizeof(c->local), "unknown");
+	if (nng_stream_get_addr((nng_stream *)tls, NNG_OPT_LOCADDR, &c->local) != 0)
+		c->local.s_family = 0;
 
 	BIO *bio = BIO_new(bio_meth);
 	if (!bio)

@@ -19,6 +19,11 @@
 #include <openssl/x509v3.h>
 
 #include "tls/tls.h"
+#include "tls/internal.h"
+
+/* Every error of this file falls back to one text when even formatting fails. */
+#define set_err(err, errlen, ...)                                                                  \
+	dg__tls_err(err, errlen, "could not make the certificate", __VA_ARGS__)
 #include "common/common.h"
 #include "tls/tls.h"
 
@@ -33,11 +38,7 @@
 /* CA and key files are a few KiB; anything far bigger is not one. */
 #define MAX_PEM_FILE (1024 * 1024)
 
-/* Formats an error into err; a message cut short is still the right message, so truncation is
- * accepted. Returns DG_EINVAL for `return set_err(...)`. */
-static int set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static int set_err(char *err, size_t errlen, const char *fmt, ...)
+int dg__tls_err(char *err, size_t errlen, const char *fallback, const char *fmt, ...)
 {
 	if (!err || errlen == 0)
 		return DG_EINVAL;
@@ -45,7 +46,7 @@ static int set_err(char *err, size_t errlen, const char *fmt, ...)
 	va_start(ap, fmt);
 	int n = vsnprintf(err, errlen, fmt, ap);
 	va_end(ap);
-	if (n < 0 && snprintf(err, errlen, "could not make the certificate") < 0)
+	if (n < 0 && snprintf(err, errlen, "%s", fallback) < 0)
 		err[0] = 0;
 	return DG_EINVAL;
 }
@@ -558,12 +559,13 @@ static int verify_new(X509 *ca, X509 *cert, const char *name, char *err, size_t 
 		rv = set_err(err, errlen, "verifying the certificate: %s", dg_strerror(DG_ENOMEM));
 	} else if (X509_verify_cert(ctx) != 1) {
 		int code = X509_STORE_CTX_get_error(ctx);
-		rv =
-		    set_err(err, errlen, "the new certificate does not verify against the CA: %s%s",
-			    X509_verify_cert_error_string(code),
-			    code == X509_V_ERR_PERMITTED_VIOLATION
-				? " (the CA's name constraints do not allow one of its DNS names)"
-				: "");
+		rv = dg__tls_err(
+		    err, errlen, "could not make the certificate",
+		    "the new certificate does not verify against the CA: %s%s",
+		    X509_verify_cert_error_string(code),
+		    code == X509_V_ERR_PERMITTED_VIOLATION
+			? " (the CA's name constraints do not allow one of its DNS names)"
+			: "");
 	} else if (X509_check_host(cert, name, 0, X509_CHECK_FLAG_NEVER_CHECK_SUBJECT, NULL) != 1) {
 		rv = set_err(err, errlen, "the new certificate is not valid for %s", name);
 	}

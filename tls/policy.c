@@ -20,6 +20,10 @@
 
 #include "common/common.h"
 #include "tls/tls.h"
+#include "tls/internal.h"
+
+/* Every error of this file falls back to one text when even formatting fails. */
+#define set_err(err, errlen, ...) dg__tls_err(err, errlen, "invalid TLS configuration", __VA_ARGS__)
 
 #define MOD "tls"
 
@@ -33,24 +37,6 @@
 #define MAX_CHAIN_CERTS 16
 /* Longest list of SAN entries quoted back in an error; the rest are cut to " ...". */
 #define MAX_SAN_TEXT 512
-
-/* Formats an error into err. A message cut short by a small buffer is still the right message,
- * so truncation is accepted; only an encoding failure gets a fixed text. Returns DG_EINVAL so
- * callers can `return set_err(...)`. */
-static int set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static int set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-	if (!err || errlen == 0)
-		return DG_EINVAL;
-	va_list ap;
-	va_start(ap, fmt);
-	int n = vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-	if (n < 0 && snprintf(err, errlen, "invalid TLS configuration") < 0)
-		err[0] = 0;
-	return DG_EINVAL;
-}
 
 /* ---- policy from config ---- */
 
@@ -160,17 +146,19 @@ static int get_version(const char *where, const char *key, json_t *v, int *out, 
 		if (strcmp(s, names[i].name) != 0)
 			continue;
 		if (names[i].version < 0)
-			return set_err(err, errlen,
-				       "%s%s: \"%s\" is not allowed; TLS 1.2 is the lowest version "
-				       "dcgate speaks (use \"TLSv1_2\" or \"TLSv1_3\")",
-				       where, key, s);
+			return dg__tls_err(
+			    err, errlen, "invalid TLS configuration",
+			    "%s%s: \"%s\" is not allowed; TLS 1.2 is the lowest version "
+			    "dcgate speaks (use \"TLSv1_2\" or \"TLSv1_3\")",
+			    where, key, s);
 		*out = names[i].version ? names[i].version : TLS1_2_VERSION;
 		return 0;
 	}
-	return set_err(err, errlen,
-		       "%s%s: unknown value \"%s\" (want \"TLSv1_2\", \"TLSv1_3\", \"tls12\" or "
-		       "\"tls13\")",
-		       where, key, s);
+	return dg__tls_err(
+	    err, errlen, "invalid TLS configuration",
+	    "%s%s: unknown value \"%s\" (want \"TLSv1_2\", \"TLSv1_3\", \"tls12\" or "
+	    "\"tls13\")",
+	    where, key, s);
 }
 
 /* Reads one of tls.defaults / tls.internal_rpc. verify_server_hostname belongs to internal_rpc in
@@ -357,9 +345,10 @@ int dg_tls_policy_from_config(json_t *cfg, const char *dc, const char *domain, b
 		return set_err(err, errlen, "tls: %s is set but neither ca_file nor ca_path is",
 			       out->verify_incoming ? "verify_incoming" : "verify_outgoing");
 	if (out->verify_incoming && !cert_file)
-		return set_err(err, errlen,
-			       "tls: verify_incoming is set but there is no cert_file/key_file to "
-			       "present to the peers");
+		return dg__tls_err(
+		    err, errlen, "invalid TLS configuration",
+		    "tls: verify_incoming is set but there is no cert_file/key_file to "
+		    "present to the peers");
 
 	if ((rv = dup_opt(ca_file, &out->ca_file)) != 0 ||
 	    (rv = dup_opt(ca_path, &out->ca_path)) != 0 ||
@@ -624,7 +613,7 @@ static int read_key_file(const char *path, EVP_PKEY **key, char *err, size_t err
 	*key = PEM_read_PrivateKey(f, NULL, no_passphrase_cb, NULL);
 	fclose(f);
 	if (!*key)
-		return set_err(
+		return dg__tls_err(
 		    err, errlen,
 		    "key file %s holds no usable PEM private key (%s; encrypted keys are "
 		    "not supported)",
@@ -659,7 +648,7 @@ static int check_chain(const struct dg_tls_policy *p, X509 *cert, STACK_OF(X509)
 				     "certificate %s does not verify against the CA in %s: %s",
 				     p->cert_file, ca, X509_verify_cert_error_string(code));
 		else
-			rv = set_err(
+			rv = dg__tls_err(
 			    err, errlen,
 			    "certificate %s does not verify against the CA in %s: %s (at %s)",
 			    p->cert_file, ca, X509_verify_cert_error_string(code), subj);
@@ -741,11 +730,11 @@ int dg_tls_check_own(const struct dg_tls_policy *p, char *err, size_t errlen)
 		if (!(xku & XKU_ANYEKU) && (xku & need) != need) {
 			char has[64];
 			eku_text(xku, has, sizeof(has));
-			rv =
-			    set_err(err, errlen,
-				    "certificate %s allows %s but a %s needs %s (extendedKeyUsage)",
-				    p->cert_file, has, p->server ? "server" : "client agent",
-				    p->server ? "serverAuth and clientAuth" : "clientAuth");
+			rv = dg__tls_err(
+			    err, errlen, "invalid TLS configuration",
+			    "certificate %s allows %s but a %s needs %s (extendedKeyUsage)",
+			    p->cert_file, has, p->server ? "server" : "client agent",
+			    p->server ? "serverAuth and clientAuth" : "clientAuth");
 			goto out;
 		}
 	}

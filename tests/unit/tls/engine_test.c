@@ -25,6 +25,7 @@
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/rep.h>
 #include <nng/protocol/reqrep0/req.h>
+#include <openssl/err.h>
 #include <openssl/ssl.h>
 
 #include "common/common.h"
@@ -211,6 +212,18 @@ static int ask(nng_socket sock, const void *req, size_t len, char *out, size_t o
 	return 0;
 }
 
+/* A good peer dials url and gets an answer: the listener is still accepting. */
+static void assert_good_peer_gets_in(const char *url)
+{
+	struct pol cp;
+	nng_socket c;
+	char out[64];
+	assert_int_equal(client_dial(&c, pol(&cp, "ca1", "srv-dc2", "dc2", true), "dc1", url), 0);
+	assert_int_equal(ask(c, "who", 3, out, sizeof(out)), 0);
+	assert_string_equal(out, "server dc2");
+	nng_close(c);
+}
+
 /* ---- capturing the log (dg_log writes lines to stderr) ---- */
 
 static int saved_stderr = -1;
@@ -352,6 +365,13 @@ static void dialer_rejects_wrong_san(void **state)
 	assert_non_null(strstr(log, "our certificate carries [server.west.consul"));
 	free(log);
 	nng_close(c);
+	/* and the listener still takes a dialer that expects it */
+	char out[64];
+	assert_int_equal(client_dial(&c, pol(&cp, "ca1", "srv-east", "east", true), "west", s.url),
+			 0);
+	assert_int_equal(ask(c, "who", 3, out, sizeof(out)), 0);
+	assert_string_equal(out, "server east");
+	nng_close(c);
 	server_stop(&s);
 }
 
@@ -463,6 +483,31 @@ static void reload_swaps_ca_and_keeps_live_links(void **state)
 	server_stop(&s);
 }
 
+/* Connects to the listener's port from 127.0.0.1; the socket. */
+static int tcp_connect(int port)
+{
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	assert_true(fd >= 0);
+	assert_int_equal(connect(fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
+	struct timeval tv = {.tv_sec = 8};
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	return fd;
+}
+
+/* True when the peer closes fd (EOF or reset) within its receive timeout. */
+static bool closed_by_peer(int fd)
+{
+	char b[256];
+	for (;;) {
+		ssize_t n = recv(fd, b, sizeof(b), 0);
+		if (n > 0)
+			continue; /* e.g. the rest of a TLS flight */
+		return n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK);
+	}
+}
+
 static void silent_peer_does_not_hold_a_listener_slot(void **state)
 {
 	struct pol sp;
@@ -471,19 +516,55 @@ static void silent_peer_does_not_hold_a_listener_slot(void **state)
 	atomic_store(&dg__tls_handshake_ms, 1000);
 	server_start(&s, pol(&sp, "ca1", "srv-dc1", "dc1", true), "server.*.consul");
 	dg_tls_stats(&before);
-	/* a TCP peer that connects and says nothing */
-	int fd = socket(AF_INET, SOCK_STREAM, 0);
-	struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)s.port)};
-	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	assert_int_equal(connect(fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
-	struct timeval tv = {.tv_sec = 8};
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	char b[16];
-	ssize_t n = recv(fd, b, sizeof(b), 0); /* the listener closes it: EOF (or a reset) */
-	assert_true(n <= 0);
-	assert_false(n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK));
+	/* TCP peers that connect and say nothing */
+	int fds[4];
+	for (int i = 0; i < 4; i++)
+		fds[i] = tcp_connect(s.port);
+	for (int i = 0; i < 4; i++) {
+		assert_true(closed_by_peer(fds[i]));
+		close(fds[i]);
+	}
+	wait_failed(before.handshakes_failed + 4);
+	/* cutting them must not have stopped the listener (nng stops a listener whose
+	 * negotiating pipe fails with NNG_ECLOSED) */
+	assert_good_peer_gets_in(s.url);
+	server_stop(&s);
+	atomic_store(&dg__tls_handshake_ms, LIMIT_MS);
+}
+
+static void silent_after_handshake_is_cut(void **state)
+{
+	struct pol sp;
+	struct server s;
+	char path[320], kpath[320], capath[320];
+	atomic_store(&dg__tls_handshake_ms, 1000);
+	server_start(&s, pol(&sp, "ca1", "srv-dc1", "dc1", true), "server.*.consul");
+	/* a real TLS client with a good certificate that never sends the SP header */
+	SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+	snprintf(path, sizeof(path), "%s/srv-dc2.pem", dir);
+	snprintf(kpath, sizeof(kpath), "%s/srv-dc2-key.pem", dir);
+	snprintf(capath, sizeof(capath), "%s/ca1.pem", dir);
+	assert_int_equal(SSL_CTX_use_certificate_file(ctx, path, SSL_FILETYPE_PEM), 1);
+	assert_int_equal(SSL_CTX_use_PrivateKey_file(ctx, kpath, SSL_FILETYPE_PEM), 1);
+	assert_int_equal(SSL_CTX_load_verify_locations(ctx, capath, NULL), 1);
+	int fd = tcp_connect(s.port);
+	SSL *ssl = SSL_new(ctx);
+	SSL_set_fd(ssl, fd);
+	assert_int_equal(SSL_connect(ssl), 1);
+	/* the listener sends its SP header, then must cut us: EOF or an error, not our timeout */
+	char b[64];
+	int n;
+	while ((n = SSL_read(ssl, b, sizeof(b))) > 0)
+		;
+	int err = SSL_get_error(ssl, n);
+	assert_false(err == SSL_ERROR_SYSCALL && (errno == EAGAIN || errno == EWOULDBLOCK));
+	assert_true(err == SSL_ERROR_ZERO_RETURN || err == SSL_ERROR_SYSCALL ||
+		    err == SSL_ERROR_SSL);
+	ERR_clear_error();
+	SSL_free(ssl);
+	SSL_CTX_free(ctx);
 	close(fd);
-	wait_failed(before.handshakes_failed + 1);
+	assert_good_peer_gets_in(s.url);
 	server_stop(&s);
 	atomic_store(&dg__tls_handshake_ms, LIMIT_MS);
 }
@@ -574,6 +655,7 @@ int main(void)
 				      log_capture_teardown),
 	    cmocka_unit_test(reload_swaps_ca_and_keeps_live_links),
 	    cmocka_unit_test(silent_peer_does_not_hold_a_listener_slot),
+	    cmocka_unit_test(silent_after_handshake_is_cut),
 	    cmocka_unit_test(silent_server_does_not_hang_a_dial),
 	    cmocka_unit_test(configs_report_bad_files),
 	};
