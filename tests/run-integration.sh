@@ -77,6 +77,10 @@ quick_tests=(
   "$it/test_badinput.py::BadInputTest.test_truncated_body"
   "$it/test_badinput.py::BadInputTest.test_bad_query_values"
   "$it/test_cli.py"
+  "$it/test_tls_matrix.py::TLSMatrixTest"
+  "$it/test_tls_matrix.py::StartupRefusalTest"
+  "$it/test_tls_reload.py::WanRotationTest"
+  "$it/test_https.py"
 )
 ceiling=540
 if [ $quick -eq 1 ] && [ -z "${DCGATE_IT_ONLY:-}" ]; then
