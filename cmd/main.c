@@ -395,6 +395,14 @@ static int run_agent(int argc, char **argv)
 	char msg[512];
 	char host[256] = "dcgate";
 	int rv;
+	/* Before anything starts a thread (nng's workers start with the TLS engine): every thread
+	 * inherits this mask, so SIGHUP and SIGTERM reach the sigwait below and never a worker,
+	 * where SIGHUP's default action would end the process. */
+	sigemptyset(&wait_set);
+	sigaddset(&wait_set, SIGINT);
+	sigaddset(&wait_set, SIGTERM);
+	sigaddset(&wait_set, SIGHUP);
+	pthread_sigmask(SIG_BLOCK, &wait_set, NULL);
 	if (parse_agent_flags(argc, argv, &ac) != 0) {
 		json_decref(ac.merged);
 		return 1;
@@ -467,11 +475,6 @@ static int run_agent(int argc, char **argv)
 	/* one worker per concurrent TCP/HTTP check probe; libuv reads this once */
 	setenv("UV_THREADPOOL_SIZE", "16", 0);
 
-	sigemptyset(&wait_set);
-	sigaddset(&wait_set, SIGINT);
-	sigaddset(&wait_set, SIGTERM);
-	sigaddset(&wait_set, SIGHUP);
-	pthread_sigmask(SIG_BLOCK, &wait_set, NULL); /* every thread made after this inherits it */
 
 	dg_catalog *cat = dg_cat_new(dc);
 	struct dg_lan_config lc = {
