@@ -7,12 +7,14 @@
  *   -mbed is -only mbedtls: nng's built-in engine, dg_tls_engine_init() never called.
  * Each transport runs in its own child process (the TLS engine is process-wide, and nng's
  * engine is whatever was registered first), one after another, each figure S seconds (2.5). */
+#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -37,7 +39,13 @@ static double seconds = 2.5;
 static char dir[128];
 static char url[64];
 static enum transport transport;
-static nng_tls_config *dial_cfg; /* NULL for tcp */
+static nng_tls_config *dial_cfg;      /* NULL for tcp */
+static volatile sig_atomic_t stopped; /* the parent was asked to stop (TERM/INT) */
+
+static void on_stop(int sig)
+{
+	stopped = sig;
+}
 
 static double now_s(void)
 {
@@ -380,6 +388,11 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	signal(SIGPIPE, SIG_IGN);
+	/* no SA_RESTART: a stop interrupts waitpid(), and the parent kills its child and cleans up
+	 */
+	struct sigaction sa = {.sa_handler = on_stop};
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
 	if (make_certs() != 0) {
 		fprintf(stderr, "tls_bench: could not make certificates with openssl in %s\n", dir);
 		return 1;
@@ -391,11 +404,26 @@ int main(int argc, char **argv)
 			continue;
 		fflush(stdout);
 		pid_t pid = fork();
-		if (pid == 0)
+		if (pid == 0) {
+			prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive a killed parent */
+			signal(SIGTERM, SIG_DFL);
+			signal(SIGINT, SIG_DFL);
 			_exit(run((enum transport)t));
+		}
 		int ws = 0;
-		if (pid < 0 || waitpid(pid, &ws, 0) != pid || !WIFEXITED(ws) ||
-		    WEXITSTATUS(ws) != 0) {
+		pid_t got = -1;
+		while (pid > 0 && (got = waitpid(pid, &ws, 0)) < 0 && errno == EINTR && !stopped)
+			;
+		if (stopped) {
+			if (pid > 0) {
+				kill(pid, SIGKILL);
+				waitpid(pid, &ws, 0);
+			}
+			fprintf(stderr, "tls_bench: stopped by signal %d\n", (int)stopped);
+			status = 1;
+			break;
+		}
+		if (pid < 0 || got != pid || !WIFEXITED(ws) || WEXITSTATUS(ws) != 0) {
 			fprintf(stderr, "tls_bench: the %s run failed\n", tnames[t]);
 			status = 1;
 		}

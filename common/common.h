@@ -42,6 +42,7 @@ const char *dg_strerror(int err);
 #define DG_MAX_WAITERS       20000                     /* parked blocking queries */
 #define DG_MAX_OUTPUT        4096                      /* check Output */
 #define DG_MAX_HEADER_MEM    (16 * 1024)               /* per-connection header memory */
+#define DG_TLS_HANDSHAKE_MS  10000                     /* a TLS peer must speak within this */
 
 /* ---- logging ---- */
 enum dg_log_level { DG_LOG_TRACE, DG_LOG_DEBUG, DG_LOG_INFO, DG_LOG_WARN, DG_LOG_ERROR };

@@ -63,7 +63,6 @@
  * Every SP peer sends its 8-byte header right after the handshake, so an established link
  * always passes this check; a protocol whose client speaks first and waits longer for an
  * answer (nng's HTTP over TLS) would need it relaxed. Tests lower it through the extern below. */
-#define DG_TLS_HANDSHAKE_MS 10000
 _Atomic unsigned dg__tls_handshake_ms = DG_TLS_HANDSHAKE_MS;
 /* After shutting a socket down, how long nng gets to notice before the watchdog looks again. */
 #define DG_TLS_GRACE_MS 1000
