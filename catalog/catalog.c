@@ -360,14 +360,17 @@ int dg__cat_name_link(dg_catalog *c, struct dg_cat_service *s)
 	return dg_map_put(&r->inst, k, s, NULL);
 }
 
-static int service_upsert(dg_catalog *c, struct node_rec *n, json_t *js)
+/* A service record of node from its command or snapshot JSON; ID defaults to the name and
+ * Weights to 1/1; CreateIndex and ModifyIndex are read when present. NULL when out of memory.
+ * The caller owns the record. */
+struct dg_cat_service *dg__cat_service_from_json(const char *node, json_t *js)
 {
 	struct dg_cat_service *s = calloc(1, sizeof(*s));
 	if (!s)
-		return DG_ENOMEM;
+		return NULL;
 	const char *name = dg__js(js, "Service");
 	const char *id = dg__js(js, "ID");
-	s->node = strdup(n->pub.name);
+	s->node = strdup(node);
 	s->id = strdup(*id ? id : name);
 	s->name = strdup(name);
 	s->kind = dg__jsdup(js, "Kind");
@@ -381,10 +384,50 @@ static int service_upsert(dg_catalog *c, struct node_rec *n, json_t *js)
 	s->weight_warning = json_is_object(w) ? (int)dg__ji64(w, "Warning") : 1;
 	s->enable_tag_override = json_is_true(json_object_get(js, "EnableTagOverride"));
 	s->agent = json_is_true(json_object_get(js, "Agent"));
+	s->create_index = dg__ju64(js, "CreateIndex");
+	s->modify_index = dg__ju64(js, "ModifyIndex");
 	if (!s->node || !s->id || !s->name || !s->kind || !s->address) {
 		dg__cat_service_free(s);
-		return DG_ENOMEM;
+		return NULL;
 	}
+	return s;
+}
+
+/* A check record of node from its command or snapshot JSON, with the given status and the name
+ * of the service it belongs to ("" for node checks); indexes read when present. NULL when out of
+ * memory. The caller owns the record. */
+struct dg_cat_check *dg__cat_check_from_json(const char *node, json_t *jc, const char *status,
+					     const char *service_name)
+{
+	struct dg_cat_check *ch = calloc(1, sizeof(*ch));
+	if (!ch)
+		return NULL;
+	ch->node = strdup(node);
+	ch->id = dg__jsdup(jc, "CheckID");
+	ch->name = dg__jsdup(jc, "Name");
+	ch->status = strdup(status);
+	ch->notes = dg__jsdup(jc, "Notes");
+	ch->output = dg__jsdup(jc, "Output");
+	ch->service_id = dg__jsdup(jc, "ServiceID");
+	ch->service_name = strdup(service_name);
+	ch->type = dg__jsdup(jc, "Type");
+	ch->definition = dg__jobj(jc, "Definition");
+	ch->agent = json_is_true(json_object_get(jc, "Agent"));
+	ch->create_index = dg__ju64(jc, "CreateIndex");
+	ch->modify_index = dg__ju64(jc, "ModifyIndex");
+	if (!ch->node || !ch->id || !ch->name || !ch->status || !ch->notes || !ch->output ||
+	    !ch->service_id || !ch->service_name || !ch->type) {
+		dg__cat_check_free(ch);
+		return NULL;
+	}
+	return ch;
+}
+
+static int service_upsert(dg_catalog *c, struct node_rec *n, json_t *js)
+{
+	struct dg_cat_service *s = dg__cat_service_from_json(n->pub.name, js);
+	if (!s)
+		return DG_ENOMEM;
 
 	struct dg_cat_service *old = dg_map_find(&n->services, s->id);
 	if (old && strcmp(old->name, s->name) == 0 && strcmp(old->kind, s->kind) == 0 &&
@@ -458,25 +501,10 @@ static int check_upsert(dg_catalog *c, struct node_rec *n, json_t *jc, char **er
 		*err = strdup("Status for checks must 'passing', 'warning', 'critical'");
 		return DG_EINVAL;
 	}
-	struct dg_cat_check *ch = calloc(1, sizeof(*ch));
+	struct dg_cat_check *ch =
+		dg__cat_check_from_json(n->pub.name, jc, status, svc ? svc->name : "");
 	if (!ch)
 		return DG_ENOMEM;
-	ch->node = strdup(n->pub.name);
-	ch->id = dg__jsdup(jc, "CheckID");
-	ch->name = dg__jsdup(jc, "Name");
-	ch->status = strdup(status);
-	ch->notes = dg__jsdup(jc, "Notes");
-	ch->output = dg__jsdup(jc, "Output");
-	ch->service_id = strdup(sid);
-	ch->service_name = strdup(svc ? svc->name : "");
-	ch->type = dg__jsdup(jc, "Type");
-	ch->definition = dg__jobj(jc, "Definition");
-	ch->agent = json_is_true(json_object_get(jc, "Agent"));
-	if (!ch->node || !ch->id || !ch->name || !ch->status || !ch->notes || !ch->output ||
-	    !ch->service_id || !ch->service_name || !ch->type) {
-		dg__cat_check_free(ch);
-		return DG_ENOMEM;
-	}
 	struct dg_cat_check *old = dg_map_find(&n->checks, ch->id);
 	if (old && json_is_true(json_object_get(jc, "KeepStatus")) &&
 	    strcmp(old->type, ch->type) == 0 && json_same(old->definition, ch->definition)) {

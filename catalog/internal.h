@@ -46,6 +46,9 @@ void dg__cat_service_free(struct dg_cat_service *s);
 void dg__cat_check_free(struct dg_cat_check *ch);
 void dg__cat_node_free(struct node_rec *n);
 void dg__cat_clear_tables(dg_catalog *c);
+struct dg_cat_service *dg__cat_service_from_json(const char *node, json_t *js);
+struct dg_cat_check *dg__cat_check_from_json(const char *node, json_t *jc, const char *status,
+					     const char *service_name);
 /* Lists s under its name (the name's index is bumped to the current index). */
 int dg__cat_name_link(dg_catalog *c, struct dg_cat_service *s);
 

@@ -114,27 +114,8 @@ static int restore_node(dg_catalog *c, json_t *jn)
 	json_t *js;
 	json_array_foreach(json_object_get(jn, "Services"), i, js)
 	{
-		struct dg_cat_service *s = calloc(1, sizeof(*s));
-		if (!s)
-			return DG_ENOMEM;
-		s->node = strdup(n->pub.name);
-		s->id = dg__jsdup(js, "ID");
-		s->name = dg__jsdup(js, "Service");
-		s->kind = dg__jsdup(js, "Kind");
-		s->tags = dg__jarr(js, "Tags");
-		s->address = dg__jsdup(js, "Address");
-		s->tagged = dg__jobj(js, "TaggedAddresses");
-		s->meta = dg__jobj(js, "Meta");
-		s->port = (int)dg__ji64(js, "Port");
-		json_t *w = json_object_get(js, "Weights");
-		s->weight_passing = (int)dg__ji64(w, "Passing");
-		s->weight_warning = (int)dg__ji64(w, "Warning");
-		s->enable_tag_override = json_is_true(json_object_get(js, "EnableTagOverride"));
-		s->agent = json_is_true(json_object_get(js, "Agent"));
-		s->create_index = dg__ju64(js, "CreateIndex");
-		s->modify_index = dg__ju64(js, "ModifyIndex");
-		if (!s->node || !s->id || !s->name || !s->kind || !s->address ||
-		    dg_map_put(&n->services, s->id, s, NULL) != 0) {
+		struct dg_cat_service *s = dg__cat_service_from_json(n->pub.name, js);
+		if (!s || dg_map_put(&n->services, s->id, s, NULL) != 0) {
 			dg__cat_service_free(s);
 			return DG_ENOMEM;
 		}
@@ -143,26 +124,10 @@ static int restore_node(dg_catalog *c, json_t *jn)
 	}
 	json_array_foreach(json_object_get(jn, "Checks"), i, js)
 	{
-		struct dg_cat_check *ch = calloc(1, sizeof(*ch));
-		if (!ch)
-			return DG_ENOMEM;
-		ch->node = strdup(n->pub.name);
-		ch->id = dg__jsdup(js, "CheckID");
-		ch->name = dg__jsdup(js, "Name");
-		ch->status = dg__jsdup(js, "Status");
-		ch->notes = dg__jsdup(js, "Notes");
-		ch->output = dg__jsdup(js, "Output");
-		ch->service_id = dg__jsdup(js, "ServiceID");
 		struct dg_cat_service *s = dg_map_find(&n->services, dg__js(js, "ServiceID"));
-		ch->service_name = strdup(s ? s->name : "");
-		ch->type = dg__jsdup(js, "Type");
-		ch->definition = dg__jobj(js, "Definition");
-		ch->agent = json_is_true(json_object_get(js, "Agent"));
-		ch->create_index = dg__ju64(js, "CreateIndex");
-		ch->modify_index = dg__ju64(js, "ModifyIndex");
-		if (!ch->node || !ch->id || !ch->name || !ch->status || !ch->notes ||
-		    !ch->output || !ch->service_id || !ch->service_name || !ch->type ||
-		    dg_map_put(&n->checks, ch->id, ch, NULL) != 0) {
+		struct dg_cat_check *ch = dg__cat_check_from_json(n->pub.name, js, dg__js(js, "Status"),
+								  s ? s->name : "");
+		if (!ch || dg_map_put(&n->checks, ch->id, ch, NULL) != 0) {
 			dg__cat_check_free(ch);
 			return DG_ENOMEM;
 		}
