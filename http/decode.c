@@ -92,7 +92,10 @@ int dg_jduration(json_t *v, int64_t *ns)
 		return 0;
 	}
 	if (json_is_real(v)) {
-		*ns = (int64_t)json_real_value(v);
+		double d = json_real_value(v);
+		if (!(d > -9.2e18 && d < 9.2e18)) /* also NaN: out of int64 range is no duration */
+			return DG_EINVAL;
+		*ns = (int64_t)d;
 		return 0;
 	}
 	if (json_is_string(v)) {

@@ -68,6 +68,10 @@ static void body_decoding(void **state)
 	assert_int_equal(dg_jduration(dg_jget(v, "interval", NULL), &ns), 0);
 	assert_true(ns == 10000000000LL);
 	json_decref(v);
+	/* a number of nanoseconds beyond int64 is no duration (found by fuzzing) */
+	json_t *huge = json_real(1e300);
+	assert_int_equal(dg_jduration(huge, &ns), DG_EINVAL);
+	json_decref(huge);
 }
 
 int main(void)
