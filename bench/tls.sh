@@ -4,6 +4,7 @@
 # of dcgate's OpenSSL engine next to its anchor measured in the same run, as a ratio:
 #   handshakes/s (1 and 8 at once)   anchor: nng's own TLS engine (mbedTLS)   target >= 3x
 #   round trips/s (1 and 8 at once)  anchor: plain tcp:// on the same path     target >= 0.7x
+#     (both measured in one process in alternating slices; medians, slices shown as # notes)
 # Usage: bash bench/tls.sh /abs/path/to/build/dcgate   (libdcgate.a is taken from beside it)
 #
 # tls_bench prints machine-readable `name value` lines. The names are read by what they say, not
@@ -153,7 +154,8 @@ ratio() {
 row() { printf '%-44s %14s %12s %7s   %s\n' "$@"; }
 
 echo "OpenSSL engine (dcgate's, registered in nng) against nng's mbedTLS engine and plain tcp://,"
-echo "same nng sockets and messages, measured back to back in this run. Higher is better."
+echo "same nng sockets and messages, measured in this run (round trips: OpenSSL and tcp in"
+echo "alternating slices, medians). Higher is better."
 echo
 row "figure" "openssl engine" "anchor" "ratio" "anchor is"
 row "handshakes/s, 1 at a time" "$(fmt %.0f "$OSSL_HS_1")" "$(fmt %.0f "$MBED_HS_1")" "$(ratio "$OSSL_HS_1" "$MBED_HS_1")" "nng's mbedTLS"

@@ -5,8 +5,12 @@
  *   cc ... bench/tls_bench.c build/libdcgate.a -lnng -lssl -lcrypto
  * Usage: tls_bench [-seconds S] [-only openssl|mbedtls|tcp] [-mbed]
  *   -mbed is -only mbedtls: nng's built-in engine, dg_tls_engine_init() never called.
- * Each transport runs in its own child process (the TLS engine is process-wide, and nng's
- * engine is whatever was registered first), one after another, each figure S seconds (2.5). */
+ * Each TLS engine runs in its own child process (the TLS engine is process-wide, and nng's
+ * engine is whatever was registered first), one after another, each figure S seconds (2.5).
+ * Round trips of the OpenSSL engine and of plain tcp, the pair whose ratio is the target, are
+ * measured in the same process, in ROUNDS alternating slices of S/ROUNDS seconds, and each is
+ * the median of its slices: both see the same moments of a shared 2-core machine, so a burst
+ * of noise cannot land on one side only. */
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
@@ -31,15 +35,23 @@
 #define MSG_SIZE    64
 #define SERVER_CTXS 32
 #define MAX_CONC    8
+#define ROUNDS	    5
 
 enum transport { T_OPENSSL, T_MBED, T_TCP };
 static const char *tnames[] = {"openssl", "mbedtls", "tcp"};
 
 static double seconds = 2.5;
 static char dir[128];
-static char url[64];
-static enum transport transport;
-static nng_tls_config *dial_cfg;      /* NULL for tcp */
+static enum transport transport; /* of the child: the engine it runs */
+
+/* A rep server and what a client needs to reach it; `cur` is the one being measured. */
+struct endpoint {
+	enum transport t;
+	nng_socket server;
+	char url[64];
+	nng_tls_config *dial_cfg; /* NULL for tcp */
+};
+static struct endpoint *cur;
 static volatile sig_atomic_t stopped; /* the parent was asked to stop (TERM/INT) */
 
 static void on_stop(int sig)
@@ -56,7 +68,7 @@ static double now_s(void)
 
 static void die(const char *what, int rv)
 {
-	fprintf(stderr, "tls_bench %s: %s: %s\n", tnames[transport], what,
+	fprintf(stderr, "tls_bench %s: %s: %s\n", tnames[cur ? cur->t : transport], what,
 		rv ? nng_strerror(rv) : "failed");
 	exit(1);
 }
@@ -68,8 +80,6 @@ struct echo {
 	nng_aio *aio;
 	bool sending;
 };
-static nng_socket server;
-static struct echo echoes[SERVER_CTXS];
 
 static void echo_cb(void *arg)
 {
@@ -92,16 +102,19 @@ static void echo_cb(void *arg)
 	nng_ctx_send(e->ctx, e->aio); /* the message is still on the aio: echo it */
 }
 
-static void server_start(void)
+static void server_start(struct endpoint *ep, enum transport t)
 {
 	nng_listener l;
-	nng_tls_config *cfg = NULL;
+	nng_tls_config *cfg = NULL, *dial_cfg = NULL;
 	int rv, port;
 	char err[512], path[256];
-	const char *base = transport == T_TCP ? "tcp://127.0.0.1:0" : "tls+tcp://127.0.0.1:0";
-	if ((rv = nng_rep0_open(&server)) != 0 || (rv = nng_listener_create(&l, server, base)) != 0)
+	const char *base = t == T_TCP ? "tcp://127.0.0.1:0" : "tls+tcp://127.0.0.1:0";
+	ep->t = t;
+	cur = ep;
+	if ((rv = nng_rep0_open(&ep->server)) != 0 ||
+	    (rv = nng_listener_create(&l, ep->server, base)) != 0)
 		die("listener", rv);
-	if (transport == T_OPENSSL) {
+	if (t == T_OPENSSL) {
 		struct dg_tls_policy p = {0};
 		char ca[256], cert[256], key[256];
 		snprintf(ca, sizeof(ca), "%s/ca.pem", dir);
@@ -120,7 +133,7 @@ static void server_start(void)
 			fprintf(stderr, "tls_bench: %s\n", err);
 			exit(1);
 		}
-	} else if (transport == T_MBED) {
+	} else if (t == T_MBED) {
 		/* nng's own API on nng's own engine: the same files, mutual TLS, name checked */
 		nng_tls_config *d;
 		if ((rv = nng_tls_config_alloc(&cfg, NNG_TLS_MODE_SERVER)) != 0 ||
@@ -146,11 +159,15 @@ static void server_start(void)
 		die("listen", rv);
 	if (cfg)
 		nng_tls_config_free(cfg);
-	snprintf(url, sizeof(url), "%s://127.0.0.1:%d", transport == T_TCP ? "tcp" : "tls+tcp",
+	ep->dial_cfg = dial_cfg;
+	snprintf(ep->url, sizeof(ep->url), "%s://127.0.0.1:%d", t == T_TCP ? "tcp" : "tls+tcp",
 		 port);
+	struct echo *echoes = calloc(SERVER_CTXS, sizeof(*echoes)); /* lives as long as the child */
+	if (!echoes)
+		die("server ctx", NNG_ENOMEM);
 	for (int i = 0; i < SERVER_CTXS; i++) {
 		struct echo *e = &echoes[i];
-		if ((rv = nng_ctx_open(&e->ctx, server)) != 0 ||
+		if ((rv = nng_ctx_open(&e->ctx, ep->server)) != 0 ||
 		    (rv = nng_aio_alloc(&e->aio, echo_cb, e)) != 0)
 			die("server ctx", rv);
 		nng_ctx_recv(e->ctx, e->aio);
@@ -171,8 +188,8 @@ static int dial(nng_socket *s)
 		return rv;
 	nng_socket_set_ms(*s, NNG_OPT_RECVTIMEO, 5000);
 	nng_socket_set_ms(*s, NNG_OPT_SENDTIMEO, 5000);
-	if ((rv = nng_dialer_create(&d, *s, url)) != 0 ||
-	    (dial_cfg && (rv = nng_dialer_set_ptr(d, NNG_OPT_TLS_CONFIG, dial_cfg)) != 0) ||
+	if ((rv = nng_dialer_create(&d, *s, cur->url)) != 0 ||
+	    (cur->dial_cfg && (rv = nng_dialer_set_ptr(d, NNG_OPT_TLS_CONFIG, cur->dial_cfg)) != 0) ||
 	    (rv = nng_dialer_start(d, 0)) != 0) {
 		nng_close(*s);
 		return rv;
@@ -202,7 +219,7 @@ static void *handshake_worker(void *arg)
 			nng_close(s);
 		}
 		if (rv != 0) {
-			fprintf(stderr, "tls_bench %s: handshake: %s\n", tnames[transport],
+			fprintf(stderr, "tls_bench %s: handshake: %s\n", tnames[cur->t],
 				nng_strerror(rv));
 			atomic_fetch_add(&failures, 1);
 			return NULL;
@@ -259,7 +276,7 @@ static void asker_cb(void *arg)
 	if (rv != 0) {
 		if (a->sending)
 			nng_msg_free(nng_aio_get_msg(a->aio));
-		fprintf(stderr, "tls_bench %s: round trip: %s\n", tnames[transport],
+		fprintf(stderr, "tls_bench %s: round trip: %s\n", tnames[cur->t],
 			nng_strerror(rv));
 		atomic_fetch_add(&failures, 1);
 		return;
@@ -275,7 +292,7 @@ static void asker_cb(void *arg)
 		send_one(a);
 }
 
-static double measure_round_trips(int conc)
+static double measure_round_trips(int conc, double secs)
 {
 	struct asker a[MAX_CONC];
 	nng_socket s;
@@ -295,7 +312,7 @@ static double measure_round_trips(int conc)
 	double t0 = now_s();
 	for (int i = 0; i < conc; i++)
 		send_one(&a[i]);
-	usleep((useconds_t)(seconds * 1e6));
+	usleep((useconds_t)(secs * 1e6));
 	atomic_store(&stop, true);
 	uint64_t n = atomic_load(&done);
 	double el = now_s() - t0;
@@ -309,10 +326,40 @@ static double measure_round_trips(int conc)
 	return (double)n / el;
 }
 
-/* ---- one transport, in a child process ---- */
+/* ---- one engine, in a child process ---- */
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return (x > y) - (x < y);
+}
+
+/* Round trips/s of the endpoints eps[0..n) at concurrency conc: ROUNDS slices each, the order
+ * turned round every slice; prints each endpoint's median, with its slices as a note. */
+static void round_trips_interleaved(struct endpoint **eps, int n, int conc)
+{
+	double got[3][ROUNDS];
+	for (int r = 0; r < ROUNDS; r++)
+		for (int k = 0; k < n; k++) {
+			int e = r % 2 ? n - 1 - k : k;
+			cur = eps[e];
+			got[e][r] = measure_round_trips(conc, seconds / ROUNDS);
+		}
+	for (int e = 0; e < n; e++) {
+		printf("# %s round trips/s at %d, slices:", tnames[eps[e]->t], conc);
+		for (int r = 0; r < ROUNDS; r++)
+			printf(" %.0f", got[e][r]);
+		printf("\n");
+		qsort(got[e], ROUNDS, sizeof(double), cmp_double);
+		printf("%s_rtt_c%d_per_s %.0f\n", tnames[eps[e]->t], conc, got[e][ROUNDS / 2]);
+	}
+	fflush(stdout);
+}
 
 static int run(enum transport t)
 {
+	static const int concs[] = {1, MAX_CONC};
+	struct endpoint main_ep, tcp_ep;
 	transport = t;
 	dg_log_set_level(DG_LOG_WARN);
 	if (t != T_MBED && dg_tls_engine_init() != 0)
@@ -321,22 +368,26 @@ static int run(enum transport t)
 		fprintf(stderr, "tls_bench: nng's engine is %s, not mbed\n", nng_tls_engine_name());
 		return 1;
 	}
-	server_start();
+	server_start(&main_ep, t);
 	if (t != T_TCP)
 		printf("# %s: nng TLS engine %s (%s)\n", tnames[t], nng_tls_engine_name(),
 		       nng_tls_engine_description());
-	static const int concs[] = {1, MAX_CONC};
 	for (size_t i = 0; i < 2; i++) {
 		printf("%s_handshakes_c%d_per_s %.0f\n", tnames[t], concs[i],
 		       measure_handshakes(concs[i]));
 		fflush(stdout);
 	}
-	for (size_t i = 0; i < 2; i++) {
-		printf("%s_rtt_c%d_per_s %.0f\n", tnames[t], concs[i],
-		       measure_round_trips(concs[i]));
-		fflush(stdout);
+	if (t == T_TCP)
+		return 0; /* plain tcp's round trips are measured beside the OpenSSL engine's */
+	struct endpoint *eps[2] = {&main_ep, &tcp_ep};
+	int n = 1;
+	if (t == T_OPENSSL) {
+		server_start(&tcp_ep, T_TCP); /* tcp:// does not touch the TLS engine */
+		n = 2;
 	}
-	return 0; /* the server goes with the process, for the same reason */
+	for (size_t i = 0; i < 2; i++)
+		round_trips_interleaved(eps, n, concs[i]);
+	return 0; /* the servers go with the process, for the same reason */
 }
 
 static int make_certs(void)

@@ -40,6 +40,7 @@
 #include <openssl/x509v3.h>
 
 #include "common/common.h"
+#include "tls/frames.h"
 
 #define TLS "tls"
 
@@ -107,7 +108,20 @@ struct nng_tls_engine_conn {
 	char expect[256]; /* name the peer must carry, for the log; immutable after init */
 	char role[LABEL_LEN], dc[LABEL_LEN]; /* from the verified peer's SAN */
 	char why[WHY_LEN]; /* why our verify callback refused the peer, "" if it did not */
+	/* Outgoing SP messages collected piece by piece and sealed whole (see conn_send) */
+	struct dg_sp_frames frames;
+	uint8_t *out;	    /* OUT_MAX bytes, allocated at the first message */
+	size_t out_len;	    /* bytes collected */
+	size_t out_off;	    /* bytes of them already handed to OpenSSL */
+	bool flush_due;	    /* a flush of out is under way and must finish before anything else */
+	size_t tentative;   /* bytes of the caller's current piece already in out, not yet
+			     * reported sent because sealing them has not finished */
 };
+
+/* At most this much of a message is collected before it is sealed: one TLS record (16 KiB of
+ * plaintext at most) whose ciphertext, with its header and tag, still fits nng's 16 KiB send
+ * buffer in one go. */
+#define OUT_MAX (16384 - 64)
 
 static pthread_mutex_t init_mtx = PTHREAD_MUTEX_INITIALIZER;
 static atomic_bool engine_ready;
@@ -636,9 +650,67 @@ static int conn_recv(struct nng_tls_engine_conn *c, uint8_t *buf, size_t *szp)
 	return conn_io(c, IO_READ, buf, szp);
 }
 
+/* Hands everything collected in out to OpenSSL. NNG_EAGAIN leaves the rest for the next call,
+ * which nng makes from its TCP send callback (the send buffer was full, so a send is running). */
+static int out_flush(struct nng_tls_engine_conn *c)
+{
+	c->flush_due = true;
+	while (c->out_off < c->out_len) {
+		size_t n = c->out_len - c->out_off;
+		int rv = conn_io(c, IO_WRITE, c->out + c->out_off, &n);
+		if (rv != 0)
+			return rv;
+		c->out_off += n;
+	}
+	c->out_off = c->out_len = 0;
+	c->flush_due = false;
+	return 0;
+}
+
+/* nng offers the pieces of an SP message (length, header, body) one call and one thread hop
+ * apart. Sealing each at once would cost a record, a TCP segment and a wake-up of the peer per
+ * piece; so pieces are collected in out and the message is sealed as one record when its last
+ * byte arrives (or out is full). A piece is reported sent only when nothing of a finished
+ * message is left unsealed: nng finishes the caller's aio on that report, and nothing would
+ * call us again for the tail. When sealing must wait for nng's send buffer, the piece is
+ * answered NNG_EAGAIN, nng offers the same bytes again later, and the `tentative` bytes
+ * already collected are skipped. Streams that are not SP are written through as they come. */
 static int conn_send(struct nng_tls_engine_conn *c, const uint8_t *buf, size_t *szp)
 {
-	return conn_io(c, IO_WRITE, (void *)buf, szp);
+	int rv;
+	if (c->frames.mode == DG_SP_RAW)
+		return conn_io(c, IO_WRITE, (void *)buf, szp);
+	if (c->flush_due) {
+		if ((rv = out_flush(c)) != 0)
+			return rv;
+		if (c->tentative) {
+			*szp = c->tentative;
+			c->tentative = 0;
+			return 0;
+		}
+	}
+	size_t room = OUT_MAX - c->out_len;
+	bool ends;
+	size_t n = dg_sp_frames_scan(&c->frames, buf, *szp < room ? *szp : room, &ends);
+	if (c->frames.mode == DG_SP_RAW)
+		return conn_io(c, IO_WRITE, (void *)buf, szp);
+	if (!c->out && !(c->out = malloc(OUT_MAX)))
+		return NNG_ENOMEM;
+	memcpy(c->out + c->out_len, buf, n);
+	c->out_len += n;
+	if (ends || c->out_len == OUT_MAX) {
+		rv = out_flush(c);
+		if (rv == NNG_EAGAIN && ends) {
+			c->tentative = n;
+			return NNG_EAGAIN;
+		}
+		if (rv != 0 && rv != NNG_EAGAIN)
+			return rv;
+		/* out was full in mid-message: the rest of the message comes next, and that call
+		 * finishes the flush first */
+	}
+	*szp = n;
+	return 0;
 }
 
 /* True if ss is the address na. */
@@ -798,6 +870,9 @@ static int conn_init(struct nng_tls_engine_conn *c, void *tls, struct nng_tls_en
 		SSL_set_accept_state(c->ssl);
 	else
 		SSL_set_connect_state(c->ssl);
+	/* take whatever nng has received in one BIO call rather than a record header and then its
+	 * body: with messages sealed whole, one read usually holds a whole message */
+	SSL_set_read_ahead(c->ssl, 1);
 
 	if ((rv = nng_aio_alloc(&c->watchdog, watchdog_cb, c)) != 0)
 		return rv; /* fini frees the SSL */
@@ -842,6 +917,8 @@ static void conn_fini(struct nng_tls_engine_conn *c)
 		SSL_free(c->ssl);
 		c->ssl = NULL;
 	}
+	free(c->out);
+	c->out = NULL;
 }
 
 static void conn_close(struct nng_tls_engine_conn *c)
