@@ -19,7 +19,7 @@ CFLAGS  += -std=gnu11 $(OPT) -Wall -Wextra -Werror -Wno-unused-parameter -Wno-fo
 LDLIBS  += $(shell pkg-config --libs $(PKGS)) -lnng -lm -pthread
 LDFLAGS += $(SANFLAGS)
 
-LIB_DIRS := common catalog tls wan lan http
+LIB_DIRS := common catalog tls wan federation lan http
 LIB_SRCS := $(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.c))
 LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/%.o)
 CMD_SRCS := $(wildcard cmd/*.c)
@@ -58,10 +58,19 @@ $(BUILD)/tests/fuzz/%: tests/fuzz/%.c tests/fuzz/replay.c $(BUILD)/libdcgate.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $< tests/fuzz/replay.c $(BUILD)/libdcgate.a $(LDLIBS) $(LDFLAGS)
 
+# The WAN emulator's packet delayer (tests/wan, used by tests needing a slow, lossy WAN): a standalone
+# libnetfilter_queue program. Flags are read when it is built, after deps has installed the library.
+WAN_DELAYER := $(BUILD)/tests/wan/delayer
+all: $(WAN_DELAYER)
+$(WAN_DELAYER): tests/wan/delayer.c | deps
+	@mkdir -p $(dir $@)
+	$(CC) -std=gnu11 $(OPT) -Wall -Wextra -Werror -Wshadow -D_GNU_SOURCE $$(pkg-config --cflags libnetfilter_queue) \
+	  -o $@ $< $$(pkg-config --libs libnetfilter_queue)
+
 # Real fuzzing with libFuzzer (clang): `make fuzz FUZZ_SECONDS=60` runs each target for that long
 # on a copy of its corpus and keeps new inputs in build-fuzz/corpus-<target>.
 FUZZ_SECONDS ?= 30
-FUZZ_LIB_SRCS := $(wildcard common/*.c catalog/*.c) http/query.c http/decode.c tls/frames.c
+FUZZ_LIB_SRCS := $(wildcard common/*.c catalog/*.c) http/query.c http/decode.c tls/frames.c wan/msg.c
 fuzz:
 	@mkdir -p build-fuzz
 	@for src in $(FUZZ_SRCS); do name=$$(basename $$src .c); t=$${name#fuzz_}; \

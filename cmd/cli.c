@@ -1,4 +1,4 @@
-/* dcgate CLI subcommands (members, catalog, kv, services, info, join, leave, ...): clients of a
+/* dcgate CLI subcommands (members, catalog, kv, services, info, join, rtt, ...): clients of a
  * running agent's HTTP API that send what Consul's CLI sends and print what it prints, so scripts
  * written for `consul` keep working. Single-threaded; one libcurl handle per run. */
 #include "cmd/cli.h"
@@ -2463,6 +2463,131 @@ out:
 }
 
 /* ------------------------------------------------------------------------------------------------
+ * rtt -wan
+ */
+
+static const char usage_rtt[] =
+    "Usage: dcgate rtt -wan [options] [<datacenter>]\n"
+    "\n"
+    "  Prints the round-trip time from the agent's server to each datacenter (or to one): the\n"
+    "  median of the RTTs measured on the WAN links to that DC's alive servers, with how many\n"
+    "  servers are alive and known and when one last answered. dcgate measures RTTs per link\n"
+    "  instead of keeping network coordinates, so only -wan is supported.\n"
+    "\n"
+    "  -wan   Datacenters of the WAN pool (required).\n" USAGE_CLIENT;
+
+/* A DC's median RTT as the rtt command prints it; "-" when none was measured. */
+static void rtt_text(const json_t *dc, char *buf, size_t len)
+{
+	const json_t *v = json_object_get(dc, "MedianRTTMs");
+	double ms = json_number_value(v);
+	if (!json_is_number(v) || ms < 0 || !json_is_true(json_object_get(dc, "Reachable")))
+		snprintf(buf, len, "-");
+	else
+		snprintf(buf, len, "%.3f ms", ms);
+}
+
+static void last_contact_text(const json_t *dc, char *buf, size_t len)
+{
+	const json_t *v = json_object_get(dc, "LastContactMs");
+	if (!json_is_number(v) || json_number_value(v) < 0)
+		snprintf(buf, len, "never");
+	else
+		snprintf(buf, len, "%.0f ms ago", json_number_value(v));
+}
+
+static int cmd_rtt(struct cli *c, int argc, char **argv)
+{
+	bool wan = false;
+	const struct flag flags[] = {
+	    {"wan", FLAG_BOOL, &wan},
+	    {NULL, FLAG_BOOL, NULL},
+	};
+	struct args pos;
+	int code = CLI_FAIL;
+	if (!cli_parse(c, usage_rtt, flags, false, argc, argv, &pos, &code))
+		goto out_args;
+	if (!wan) {
+		code = cli_usage_error(c, usage_rtt,
+				       "Error: dcgate keeps no LAN coordinates; only -wan is "
+				       "supported");
+		goto out_args;
+	}
+	if (pos.n > 1) {
+		code = cli_usage_error(c, usage_rtt,
+				       "Too many arguments (expected 0 or 1, got %zu)", pos.n);
+		goto out_args;
+	}
+	const char *what = "Error getting datacenters";
+	const char *want = pos.n ? pos.v[0] : NULL;
+	struct cli_url u;
+	json_t *dcs = NULL;
+	struct table t;
+	table_init(&t, 5);
+	url_init(&u, "/v1/catalog/datacenters");
+	url_param(&u, "detailed", NULL);
+	if ((code = cli_call_json(c, "GET", &u, NULL, 0, NULL, what, false, &dcs)) != 0)
+		goto out;
+	code = CLI_FAIL;
+	if (!json_is_array(dcs)) {
+		code = cli_bad_reply(c, what);
+		goto out;
+	}
+	table_row(&t, "Datacenter", "RTT", "Servers", "Reachable", "Last contact");
+	size_t i;
+	json_t *dc;
+	bool found = false;
+	json_array_foreach(dcs, i, dc)
+	{
+		const char *name = jstr(dc, "Datacenter");
+		char rtt[64], servers[64], contact[64];
+		if (!*name || (want && strcmp(name, want) != 0))
+			continue;
+		found = true;
+		rtt_text(dc, rtt, sizeof(rtt));
+		last_contact_text(dc, contact, sizeof(contact));
+		bool reachable = json_is_true(json_object_get(dc, "Reachable"));
+		snprintf(servers, sizeof(servers), "%lld/%lld alive",
+			 (long long)jint(dc, "ServersAlive"), (long long)jint(dc, "ServersKnown"));
+		if (want) {
+			if (!reachable) {
+				fprintf(
+				    c->err,
+				    "Error: datacenter %s has no server currently reachable (%s, "
+				    "last contact %s)\n",
+				    name, servers, contact);
+				goto out;
+			}
+			fprintf(
+			    c->out,
+			    "Estimated median rtt to datacenter %s: %s (%s, measured on the WAN "
+			    "links)\n",
+			    name, rtt, servers);
+			code = CLI_OK;
+			goto out;
+		}
+		table_row(&t, name, rtt, servers, reachable ? "yes" : "no", contact);
+	}
+	if (want && !found) {
+		fprintf(c->err, "Error: no path to datacenter %s (not in the WAN pool)\n", want);
+		goto out;
+	}
+	if (table_print(&t, c->out, 2) != 0) {
+		code = cli_fail(c, DG_ENOMEM, NULL, what);
+		goto out;
+	}
+	code = CLI_OK;
+out:
+	json_decref(dcs);
+	table_fini(&t);
+	url_fini(&u);
+out_args:
+	args_fini(&pos);
+	flags_fini(flags);
+	return code;
+}
+
+/* ------------------------------------------------------------------------------------------------
  * Entry points
  */
 
@@ -2475,6 +2600,7 @@ static const struct command {
     {"info", cmd_info},	      {"version", cmd_version},
     {"leave", cmd_leave},     {"reload", cmd_reload},
     {"join", cmd_join},	      {"force-leave", cmd_force_leave},
+    {"rtt", cmd_rtt},
 };
 
 static const struct command *command_find(const char *name)

@@ -1,11 +1,13 @@
 /* dcgate's entry point: `dcgate agent` with Consul's flags and JSON config files, and the CLI
  * subcommands (cmd/cli.c) for everything else. The main thread only parses, wires the parts
  * together and waits for a signal or a leave request. */
+#include <curl/curl.h>
 #include <dirent.h>
 #include <errno.h>
 #include <jansson.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +22,7 @@
 #include "lan/lan.h"
 #include "tls/tls.h"
 #include "cmd/tls_cli.h"
+#include "federation/federation.h"
 #include "wan/wan.h"
 
 #define MAIN "agent"
@@ -274,9 +277,52 @@ static int cfg_port(json_t *cfg, const char *name, int def)
 /* The main thread waits here for SIGINT/SIGTERM (stop), SIGHUP (reload) or a leave request. */
 static sigset_t wait_set;
 
+/* `dcgate leave` (PUT /v1/agent/leave): the WAN pool is told before the agent stops; a plain
+ * SIGTERM or SIGINT stops without telling (Consul's defaults for servers). */
+static atomic_bool leave_requested;
+
 static void request_leave(void *arg)
 {
+	atomic_store(&leave_requested, true);
 	kill(getpid(), SIGTERM);
+}
+
+/* Addresses to join over the WAN: the config's key (an array of strings, or one string) and
+ * the flag's values, which parse_agent_flags keeps under the flag's name. */
+static void each_wan_addr(json_t *cfg, const char *key, const char *flag, dg_wan *wan,
+			  void (*fn)(dg_wan *, const char *))
+{
+	const char *keys[2] = {key, flag};
+	for (int k = 0; k < 2; k++) {
+		json_t *v = json_object_get(cfg, keys[k]), *e;
+		size_t i;
+		if (json_is_string(v))
+			fn(wan, json_string_value(v));
+		json_array_foreach(v, i, e) if (json_is_string(e)) fn(wan, json_string_value(e));
+	}
+}
+
+static bool has_wan_addr(json_t *cfg)
+{
+	static const char *keys[] = {"start_join_wan", "join-wan", "retry_join_wan",
+				     "retry-join-wan"};
+	for (size_t k = 0; k < sizeof(keys) / sizeof(keys[0]); k++) {
+		json_t *v = json_object_get(cfg, keys[k]);
+		if ((json_is_string(v) && json_string_length(v)) || json_array_size(v) > 0)
+			return true;
+	}
+	return false;
+}
+
+static void join_logged(void *arg, int err, const char *msg)
+{
+	/* the WAN pool logs the outcome; -join-wan is one attempt, as Consul's is at start */
+}
+
+static void join_once(dg_wan *wan, const char *addr)
+{
+	if (dg_wan_join(wan, addr, join_logged, NULL) != 0)
+		DG_LOGW(MAIN, "cannot join the WAN through \"%s\": bad address", addr);
 }
 
 static void request_reload(void *arg)
@@ -398,6 +444,8 @@ static int run_agent(int argc, char **argv)
 	/* Before anything starts a thread (nng's workers start with the TLS engine): every thread
 	 * inherits this mask, so SIGHUP and SIGTERM reach the sigwait below and never a worker,
 	 * where SIGHUP's default action would end the process. */
+	/* libcurl's global set-up is not thread-safe: once, before the threads that use it */
+	curl_global_init(CURL_GLOBAL_DEFAULT);
 	sigemptyset(&wait_set);
 	sigaddset(&wait_set, SIGINT);
 	sigaddset(&wait_set, SIGTERM);
@@ -450,6 +498,16 @@ static int run_agent(int argc, char **argv)
 	}
 	if (dg_tls_policy_has_identity(&pol) && dg_tls_check_own(&pol, msg, sizeof(msg)) != 0) {
 		fprintf(stderr, "==> Refusing to start: %s\n", msg);
+		dg_tls_policy_fini(&pol);
+		goto fail;
+	}
+	if (has_wan_addr(cfg) && !(server && dg_tls_policy_has_identity(&pol))) {
+		fprintf(stderr, "==> %s\n",
+			server ? "WAN peers are configured (join_wan/retry_join_wan) but this server "
+				 "has no TLS certificates: the WAN (port 8302) is mutual TLS only; set "
+				 "tls.defaults.ca_file, cert_file and key_file (dcgate tls cert create "
+				 "-server makes them)"
+			       : "Must be a server to join WAN cluster");
 		dg_tls_policy_fini(&pol);
 		goto fail;
 	}
@@ -532,14 +590,23 @@ static int run_agent(int argc, char **argv)
 		goto fail;
 	}
 	dg_wan *wan = NULL;
+	dg_fed *fed = NULL;
 	if (server && dg_tls_policy_has_identity(&pol)) {
-		struct dg_wan_config wc = {.bind = bind,
-					   .port = cfg_port(cfg, "serf_wan", 8302),
-					   .node = node,
-					   .dc = dc,
-					   .tls = &pol};
-		if (dg_wan_start(&wc, &wan, msg, sizeof(msg)) != 0) {
-			fprintf(stderr, "==> Error starting the WAN listener: %s\n", msg);
+		struct dg_wan_config wc = {
+		    .bind = bind,
+		    .advertise = cfg_str(cfg, "advertise_addr_wan", advertise),
+		    .port = cfg_port(cfg, "serf_wan", 8302),
+		    .node = node,
+		    .dc = dc,
+		    .build = DG_VERSION,
+		    .server_port = lc.server_port,
+		    .tls = &pol};
+		struct dg_fed_config fc = {.dc = dc, .http_host = client,
+					   .http_port = dg_http_port(http)};
+		if (dg_wan_start(&wc, &wan, msg, sizeof(msg)) != 0 ||
+		    ((fc.wan = wan), dg_fed_start(&fc, &fed, msg, sizeof(msg)) != 0)) {
+			fprintf(stderr, "==> Error starting the WAN pool: %s\n", msg);
+			dg_wan_free(wan);
 			dg_http_free(http);
 			dg_lan_free(lan);
 			dg_cat_free(cat);
@@ -548,6 +615,9 @@ static int run_agent(int argc, char **argv)
 			dg_tls_policy_fini(&pol);
 			goto fail;
 		}
+		dg_http_set_fed(http, fed);
+		each_wan_addr(cfg, "start_join_wan", "join-wan", wan, join_once);
+		each_wan_addr(cfg, "retry_join_wan", "retry-join-wan", wan, dg_wan_retry_join);
 	}
 	fprintf(stderr,
 		"==> dcgate agent running!\n"
@@ -575,8 +645,15 @@ static int run_agent(int argc, char **argv)
 		DG_LOGI(MAIN, "caught signal %d, shutting down", sig);
 		break;
 	}
-	/* WAN and HTTP first, while the loop still answers writes in flight; then raft */
+	if (wan && atomic_load(&leave_requested))
+		dg_wan_leave(wan);
+	/* federation, WAN and HTTP first, while the loop still answers writes in flight; then
+	 * raft. The order inside federation is dg_fed_stop, dg_wan_free, dg_fed_free (see
+	 * federation.h); HTTP lets go of federation before any of it. */
+	dg_http_set_fed(http, NULL);
+	dg_fed_stop(fed);
 	dg_wan_free(wan);
+	dg_fed_free(fed);
 	dg_http_free(http);
 	dg_lan_free(lan);
 	dg_cat_free(cat);

@@ -20,7 +20,10 @@
 	X(DG_ECONFLICT, -7, "conflict")                                                            \
 	X(DG_ESHUTDOWN, -8, "shutting down")                                                       \
 	X(DG_EPERM, -9, "permission denied")                                                       \
-	X(DG_EBUSY, -10, "busy")
+	X(DG_EBUSY, -10, "busy")                                                                   \
+	X(DG_ENOPATH, -11, "No path to datacenter")                                                \
+	X(DG_ENOSERVER, -12, "Remote DC has no server currently reachable")                        \
+	X(DG_ETIMEDOUT, -13, "timed out")
 
 enum {
 #define DG_ERR_ENUM(name, code, text) name = code,
@@ -43,6 +46,9 @@ const char *dg_strerror(int err);
 #define DG_MAX_OUTPUT        4096                      /* check Output */
 #define DG_MAX_HEADER_MEM    (16 * 1024)               /* per-connection header memory */
 #define DG_TLS_HANDSHAKE_MS  10000                     /* a TLS peer must speak within this */
+#define DG_WAN_MAX_MSG       (2 * 1024 * 1024)         /* one message on 8302 */
+#define DG_WAN_MAX_HEADER    (64 * 1024)               /* its JSON header */
+#define DG_WAN_MAX_MEMBERS   4096                      /* servers in the WAN pool */
 
 /* ---- logging ---- */
 enum dg_log_level { DG_LOG_TRACE, DG_LOG_DEBUG, DG_LOG_INFO, DG_LOG_WARN, DG_LOG_ERROR };

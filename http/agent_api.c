@@ -39,13 +39,7 @@ static const char *qarg(struct dg_req *r, const char *name)
 /* True if the parameter is present at all; *value is "" when it has no value. */
 static bool qarg_present(struct dg_req *r, const char *name, const char **value)
 {
-	const char *v = NULL;
-	if (MHD_lookup_connection_value_n(r->conn, MHD_GET_ARGUMENT_KIND, name, strlen(name), &v,
-					  NULL) != MHD_YES)
-		return false;
-	if (value)
-		*value = v ? v : "";
-	return true;
+	return dg_req_arg_present(r, name, value);
 }
 
 /* Length of the valid UTF-8 sequence at p (at most avail bytes), 0 if invalid. */
@@ -651,7 +645,16 @@ static json_t *member_json(struct dg_req *r, bool wan)
 static int agent_members(struct dg_req *r)
 {
 	/* ?segment and ?filter are accepted and ignored: one server, one (default) segment */
-	return reply_json(r, 200, json_pack("[o]", member_json(r, r->q.wan)));
+	if (!r->q.wan)
+		return reply_json(r, 200, json_pack("[o]", member_json(r, false)));
+	/* the WAN pool as federation sees it; an agent without WAN is in no pool (Consul's
+	 * client agents answer null; [] reads the same to every client) */
+	dg_fed *f = dg_http_fed_acquire(r);
+	json_t *list = f ? dg_fed_members(f) : json_array();
+	dg_http_fed_release(r);
+	if (!list)
+		return dg_reply_text(r, 500, "out of memory", 0);
+	return reply_json(r, 200, list);
 }
 
 static json_t *strf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -763,10 +766,15 @@ static int agent_self(struct dg_req *r)
 	    json_pack("{s:o, s:o, s:o, s:o}", "check_monitors", strf("%u", counts.monitors),
 		      "check_ttls", strf("%u", counts.ttls), "checks", strf("%u", counts.checks),
 		      "services", strf("%u", counts.services));
+	dg_fed *f = dg_http_fed_acquire(r);
+	json_t *dcs = f ? dg_fed_datacenters(f) : NULL;
+	dg_http_fed_release(r);
+	size_t ndcs = json_array_size(dcs) ? json_array_size(dcs) : 1;
+	json_decref(dcs);
 	json_t *consul =
-	    json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "acl", "disabled", "bootstrap", "true",
-		      "known_datacenters", "1", "leader", leader ? "true" : "false", "leader_addr",
-		      leader_addr, "server", "true");
+	    json_pack("{s:s, s:s, s:o, s:s, s:s, s:s}", "acl", "disabled", "bootstrap", "true",
+		      "known_datacenters", strf("%zu", ndcs), "leader", leader ? "true" : "false",
+		      "leader_addr", leader_addr, "server", "true");
 	json_t *raft = json_pack(
 	    "{s:o, s:o, s:s, s:s, s:o, s:s, s:s, s:s, s:s, s:s, s:s}", "applied_index",
 	    strf("%llu", (unsigned long long)last), "commit_index",
@@ -1437,8 +1445,31 @@ static bool is_own_address(struct dg_req *r, const char *addr)
 	return strcmp(host, self) == 0;
 }
 
+/* PUT /v1/agent/join/<addr>?wan=1 (value-based, as Consul reads it): federation dials addr and
+ * swaps member lists; the request stays suspended until that is over. */
+static int wan_join(struct dg_req *r)
+{
+	bool server = dg_lan_config(dg_http_lan(r))->server;
+	if (!r->fed_done)
+		return dg_req_wan_join(r, r->arg);
+	if (r->fed_err == 0)
+		return dg_reply_empty(r);
+	if (r->fed_err == DG_EINVAL && !r->fed_msg)
+		/* refused at once: no federation, or one without a WAN pool */
+		return dg_reply_text(r, 500,
+				     server ? "WAN is not enabled: this server has no TLS "
+					      "certificates (cert_file, key_file, ca_file)"
+					    : "Must be a server to join WAN cluster",
+				     0);
+	if (r->fed_msg)
+		return dg_reply_text(r, 500, r->fed_msg, 0);
+	return dg_reply_textf(r, 500, 0, "Failed to join %s: %s", r->arg, dg_strerror(r->fed_err));
+}
+
 static int agent_join(struct dg_req *r)
 {
+	if (r->q.wan)
+		return wan_join(r);
 	/* joining ourselves is what Consul answers 200 to as well; anything else would need a
 	 * gossip layer this version does not have */
 	if (*r->arg && is_own_address(r, r->arg))
@@ -1450,7 +1481,17 @@ static int agent_join(struct dg_req *r)
 
 static int agent_force_leave(struct dg_req *r)
 {
-	/* no other members exist, so there is nobody to move to "left" */
+	/* ?wan is presence-based here (Consul reads Query()["wan"]), unlike members and join */
+	if (!qarg_present(r, "wan", NULL))
+		/* no other LAN members exist, so there is nobody to move to "left" */
+		return dg_reply_empty(r);
+	dg_fed *f = dg_http_fed_acquire(r);
+	int rv = f ? dg_fed_force_leave(f, r->arg) : DG_ENOTFOUND;
+	dg_http_fed_release(r);
+	if (rv == DG_ENOTFOUND)
+		return dg_reply_textf(r, 500, 0, "agent: No node found with name '%s'", r->arg);
+	if (rv != 0)
+		return dg_reply_text(r, 500, dg_strerror(rv), 0);
 	return dg_reply_empty(r);
 }
 
@@ -1567,8 +1608,43 @@ static int agent_metrics(struct dg_req *r)
 	size_t n = sizeof(base) / sizeof(base[0]);
 	const char *format = qarg(r, "format");
 	/* days to expiry of the loaded certificate and CA, read from the files in use now */
-	struct metric all[sizeof(base) / sizeof(base[0]) + 2];
+	struct metric all[sizeof(base) / sizeof(base[0]) + 11];
 	memcpy(all, base, sizeof(base));
+	/* federation: zeros without WAN, so dashboards and tests find the names on every agent.
+	 * forwards_waiting counts local requests parked on a forward; in_flight counts WAN
+	 * requests, so coalesced blocking queries show as many waiting and one in flight. */
+	struct dg_fed_stats fs = {0};
+	dg_fed *f = dg_http_fed_acquire(r);
+	if (f)
+		dg_fed_stats(f, &fs);
+	dg_http_fed_release(r);
+	all[n++] = (struct metric){"dcgate.federation.in_flight",
+				   "Requests to other datacenters on the WAN right now.", false,
+				   (double)fs.in_flight};
+	all[n++] = (struct metric){"dcgate.http.forwards_waiting",
+				   "HTTP requests waiting for another datacenter (or a WAN join).",
+				   false, (double)dg_http_forwards(r)};
+	all[n++] =
+	    (struct metric){"dcgate.federation.forwards",
+			    "Requests forwarded to another datacenter.", true, (double)fs.forwards};
+	all[n++] = (struct metric){"dcgate.federation.forward_errors",
+				   "Forwarded requests that got no answer from the remote DC.",
+				   true, (double)fs.forward_errors};
+	all[n++] = (struct metric){"dcgate.federation.served",
+				   "Requests from other datacenters answered here.", true,
+				   (double)fs.served};
+	all[n++] = (struct metric){"dcgate.federation.coalesced",
+				   "Remote reads that shared an identical one already on the WAN.",
+				   true, (double)fs.coalesced};
+	all[n++] = (struct metric){"dcgate.federation.cache_hits",
+				   "?cached remote reads answered from this server's copy.", true,
+				   (double)fs.cache_hits};
+	all[n++] = (struct metric){"dcgate.federation.cache_misses",
+				   "?cached remote reads that were fetched from the remote DC.", true,
+				   (double)fs.cache_misses};
+	all[n++] = (struct metric){"dcgate.federation.cache_entries",
+				   "Remote answers kept for ?cached and refreshed in the background.",
+				   false, (double)fs.cache_entries};
 	const struct dg_http_config *hcfg = dg_http_cfg(r);
 	if (hcfg->tls_days) {
 		double cert_days, ca_days;

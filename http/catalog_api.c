@@ -1,5 +1,6 @@
 /* /v1/catalog: register and deregister (consul-api.md §4), datacenters, and the blocking reads
- * nodes, services, service/:name, node/:node and node-services/:node.
+ * nodes, services, service/:name, node/:node and node-services/:node; also
+ * /v1/coordinate/datacenters, which reads the same WAN view as catalog/datacenters.
  *
  * Writes decode the body with Go's rules (case-insensitive keys, null for any object or array,
  * unknown fields ignored), validate with Consul's texts and propose one canonical command, so the
@@ -20,15 +21,26 @@
 
 /* ---- shared ---- */
 
-/* Federation comes later: any datacenter but ours is unreachable. dc may be NULL or "". */
+/* True when dc names a datacenter other than ours. dc may be NULL or "". */
 static bool foreign_dc(struct dg_req *r, const char *dc)
 {
 	return dc && *dc && strcmp(dc, dg_http_dc(r)) != 0;
 }
 
-static int no_path(struct dg_req *r)
+/* The body's Datacenter (any case, as Go decodes it; python-consul sends "datacenter"), or NULL
+ * when absent or not a string (the decoder then reports the type). Borrowed from body. Register
+ * and deregister read only this: Consul ignores ?dc on them (consul-api.md §1.8). */
+static const char *body_dc(json_t *body)
 {
-	return dg_reply_text(r, 500, "No path to datacenter", 0);
+	json_t *v = json_is_object(body) ? dg_jget(body, "Datacenter", NULL) : NULL;
+	return json_string_value(v);
+}
+
+/* Reads with ?dc= of another DC are forwarded by dispatch before they get here; this only
+ * keeps a handler from ever answering for the wrong DC. */
+static int forward_dc(struct dg_req *r)
+{
+	return dg_req_forward(r, r->q.dc);
 }
 
 /* ---- body decoding with Go's encoding/json texts ---- */
@@ -564,13 +576,8 @@ static int decode_register(struct dg_req *r, struct rd *d, json_t *body, json_t 
 	if ((jc = dg_jget(body, "Check", NULL)) && (rv = decode_check(d, jc, "Check", node, checks)))
 		goto out;
 
-	/* the datacenter comes from the body; ?dc is honoured only when the body has none */
-	if (!*dc && r->q.dc)
-		dc = r->q.dc;
-	if (foreign_dc(r, dc)) {
-		rv = fail(d, 500, "No path to datacenter");
-		goto out;
-	}
+	/* Datacenter is only type-checked here: a body naming another DC was forwarded before
+	 * decoding (catalog_register) */
 	/* nodePreApply, then the address rule, in Consul's order */
 	if (!*node) {
 		rv = fail(d, 500, "Must provide node");
@@ -656,6 +663,13 @@ static int catalog_register(struct dg_req *r)
 	json_t *body = dg_decode_body(r->body.data, r->body.len, err, sizeof(err));
 	if (!body)
 		return dg_reply_text(r, 400, err, 0);
+	const char *dc = body_dc(body);
+	if (foreign_dc(r, dc)) {
+		/* the remote DC decodes and validates the body, unchanged, as if sent there */
+		int rv = dg_req_forward(r, dc);
+		json_decref(body);
+		return rv;
+	}
 	decode_register(r, &d, body, &cmd);
 	json_decref(body);
 	if (!d.status)
@@ -678,6 +692,11 @@ static int catalog_deregister(struct dg_req *r)
 	json_t *body = dg_decode_body(r->body.data, r->body.len, err, sizeof(err));
 	if (!body)
 		return dg_reply_text(r, 400, err, 0);
+	if (foreign_dc(r, body_dc(body))) {
+		int rv = dg_req_forward(r, body_dc(body));
+		json_decref(body);
+		return rv;
+	}
 	if (!json_is_object(body))
 		fail(&d, 400,
 		     "Request decode failed: json: cannot unmarshal %s into Go value of type "
@@ -687,9 +706,7 @@ static int catalog_deregister(struct dg_req *r)
 		 rd_name(&d, body, where, "Node", NULL, &node) == 0 &&
 		 rd_name(&d, body, where, "ServiceID", "service_id", &sid) == 0 &&
 		 rd_name(&d, body, where, "CheckID", "check_id", &cid) == 0) {
-		if (foreign_dc(r, *dc ? dc : r->q.dc))
-			fail(&d, 500, "No path to datacenter");
-		else if (!*node)
+		if (!*node)
 			fail(&d, 500, "Must provide node");
 	}
 	if (d.status) {
@@ -706,10 +723,87 @@ static int catalog_deregister(struct dg_req *r)
 
 /* ---- reads ---- */
 
-
+/* GET /v1/catalog/datacenters: names, the local DC first, then by the median RTT to each DC's
+ * servers (federation orders them). ?detailed (a dcgate extension, presence-based) says per DC
+ * whether it is reachable, so a client can tell a DC that does not exist from one that is down. */
 static int catalog_datacenters(struct dg_req *r)
 {
-	return dg_reply_json(r, 200, json_pack("[s]", dg_http_dc(r)), 0);
+	bool detailed = dg_req_arg_present(r, "detailed", NULL);
+	json_t *out = NULL;
+	dg_fed *f = dg_http_fed_acquire(r);
+	if (f)
+		out = detailed ? dg_fed_datacenters_detailed(f) : dg_fed_datacenters(f);
+	dg_http_fed_release(r);
+	if (!f && detailed)
+		/* no WAN: this DC alone, answered by ourselves */
+		out = json_pack("[{s:s, s:b, s:i, s:i, s:i, s:i, s:b}]", "Datacenter",
+				dg_http_dc(r), "Reachable", 1, "ServersAlive", 1, "ServersKnown", 1,
+				"MedianRTTMs", 0, "LastContactMs", 0, "LeaderKnown", 1);
+	else if (!f)
+		out = json_pack("[s]", dg_http_dc(r));
+	if (!out)
+		return dg_reply_text(r, 500, "out of memory", 0);
+	return dg_reply_json(r, 200, out, 0);
+}
+
+/* The datacenter of a WAN member: its "dc" tag, else what follows the last '.' of its name. */
+static const char *member_dc(json_t *m)
+{
+	const char *dc = json_string_value(json_object_get(json_object_get(m, "Tags"), "dc"));
+	if (dc)
+		return dc;
+	const char *name = json_string_value(json_object_get(m, "Name"));
+	const char *dot = name ? strrchr(name, '.') : NULL;
+	return dot ? dot + 1 : "";
+}
+
+/* GET /v1/coordinate/datacenters: per DC, in catalog/datacenters' order, its alive WAN servers.
+ * dcgate keeps no Vivaldi coordinates (it measures RTTs per link instead), so every coordinate
+ * is the zero one a fresh Consul server reports (consul-api.md §8). */
+static int coordinate_datacenters(struct dg_req *r)
+{
+	json_t *dcs = NULL, *members = NULL;
+	dg_fed *f = dg_http_fed_acquire(r);
+	if (f) {
+		dcs = dg_fed_datacenters(f);
+		members = dg_fed_members(f);
+	}
+	dg_http_fed_release(r);
+	if (!f)
+		dcs = json_pack("[s]", dg_http_dc(r));
+	json_t *out = json_array();
+	size_t i, k;
+	json_t *dc, *m;
+	json_array_foreach(dcs, i, dc)
+	{
+		const char *name = json_string_value(dc);
+		json_t *coords = json_array();
+		if (!name || !coords || !out) {
+			json_decref(coords);
+			continue;
+		}
+		json_array_foreach(members, k, m)
+		{
+			if (json_integer_value(json_object_get(m, "Status")) != 1 ||
+			    strcmp(member_dc(m), name) != 0)
+				continue;
+			json_array_append_new(
+			    coords,
+			    json_pack("{s:O, s:{s:[i,i,i,i,i,i,i,i], s:f, s:i, s:f}}", "Node",
+				      json_object_get(m, "Name"), "Coord", "Vec", 0, 0, 0, 0, 0, 0,
+				      0, 0, "Error", 1.5, "Adjustment", 0, "Height", 1e-5));
+		}
+		json_array_append_new(out, json_pack("{s:s, s:s, s:o}", "Datacenter", name,
+						     "AreaID", "WAN", "Coordinates", coords));
+	}
+	bool complete = out && json_array_size(out) == json_array_size(dcs);
+	json_decref(dcs);
+	json_decref(members);
+	if (!complete) {
+		json_decref(out);
+		return dg_reply_text(r, 500, "out of memory", 0);
+	}
+	return dg_reply_json(r, 200, out, 0);
 }
 
 struct walk {
@@ -744,7 +838,7 @@ static json_t *nodes_build(struct dg_req *r, dg_catalog *cat)
 static int catalog_nodes(struct dg_req *r)
 {
 	if (foreign_dc(r, r->q.dc))
-		return no_path(r);
+		return forward_dc(r);
 	return dg_serve_read(r, DG_TOPIC_NODES, NULL, nodes_index, nodes_build);
 }
 
@@ -828,7 +922,7 @@ static json_t *services_build(struct dg_req *r, dg_catalog *cat)
 static int catalog_services(struct dg_req *r)
 {
 	if (foreign_dc(r, r->q.dc))
-		return no_path(r);
+		return forward_dc(r);
 	unsigned topics = DG_TOPIC_SERVICES | (r->q.nnode_meta ? DG_TOPIC_NODES : 0);
 	return dg_serve_read(r, topics, NULL, services_index, services_build);
 }
@@ -864,7 +958,7 @@ static int catalog_service(struct dg_req *r)
 	if (!*r->arg)
 		return dg_reply_text(r, 400, "Missing service name", 0);
 	if (foreign_dc(r, r->q.dc))
-		return no_path(r);
+		return forward_dc(r);
 	return dg_serve_read(r, DG_TOPIC_SERVICE, r->arg, service_index, service_build);
 }
 
@@ -920,7 +1014,7 @@ static int node_read(struct dg_req *r, dg_build_fn build)
 	if (!*r->arg)
 		return dg_reply_text(r, 400, "Missing node name", 0);
 	if (foreign_dc(r, r->q.dc))
-		return no_path(r);
+		return forward_dc(r);
 	return dg_serve_read(r, DG_TOPIC_NODES | DG_TOPIC_SERVICES, r->arg, node_index, build);
 }
 
@@ -935,13 +1029,14 @@ static int catalog_node_services(struct dg_req *r)
 }
 
 const struct dg_route dg_routes_catalog[] = {
-	{"/v1/catalog/register", false, DG_PUT, catalog_register},
-	{"/v1/catalog/deregister", false, DG_PUT, catalog_deregister},
-	{"/v1/catalog/datacenters", false, DG_GET, catalog_datacenters},
-	{"/v1/catalog/nodes", false, DG_GET, catalog_nodes},
-	{"/v1/catalog/services", false, DG_GET, catalog_services},
-	{"/v1/catalog/service/", true, DG_GET, catalog_service},
-	{"/v1/catalog/node/", true, DG_GET, catalog_node},
-	{"/v1/catalog/node-services/", true, DG_GET, catalog_node_services},
-	{NULL, false, 0, NULL},
+    {"/v1/catalog/register", false, DG_PUT, catalog_register},
+    {"/v1/catalog/deregister", false, DG_PUT, catalog_deregister},
+    {"/v1/catalog/datacenters", false, DG_GET, catalog_datacenters},
+    {"/v1/catalog/nodes", false, DG_GET, catalog_nodes},
+    {"/v1/catalog/services", false, DG_GET, catalog_services},
+    {"/v1/catalog/service/", true, DG_GET, catalog_service},
+    {"/v1/catalog/node/", true, DG_GET, catalog_node},
+    {"/v1/catalog/node-services/", true, DG_GET, catalog_node_services},
+    {"/v1/coordinate/datacenters", false, DG_GET, coordinate_datacenters},
+    {NULL, false, 0, NULL},
 };

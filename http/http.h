@@ -6,6 +6,7 @@
 #include <stdint.h>
 
 #include "catalog/catalog.h"
+#include "federation/federation.h"
 #include "lan/lan.h"
 
 typedef struct dg_http dg_http;
@@ -30,13 +31,28 @@ struct dg_http_config {
 	 * old ones), for /v1/agent/metrics; NULL when TLS is not configured. A value < -1e9 means
 	 * unknown. Called on HTTP threads. */
 	void (*tls_days)(void *arg, double *cert_days, double *ca_days);
+	/* Federation (not owned): ?dc= of another DC, a catalog write whose body names another
+	 * DC, the WAN members, join and force-leave, the datacenter lists. NULL: this agent has no
+	 * WAN (every other DC is "No path to datacenter"). May also be set after the start, see
+	 * dg_http_set_fed(). */
+	dg_fed *fed;
 };
 
 /* Starts serving. *out is the caller's until dg_http_free(). msg says why on failure. */
 int dg_http_start(const struct dg_http_config *cfg, dg_catalog *cat, dg_lan *lan, dg_http **out,
 		  char *msg, size_t len);
-/* Stops the listener, answers every parked blocking query, frees. NULL is fine. */
+/* Stops the listener, answers every parked blocking query, frees. NULL is fine.
+ * With federation, the order at shutdown is dg_http_set_fed(h, NULL), then federation's own
+ * shutdown (federation.h: it runs the callback of every forward and join in flight), then
+ * dg_http_free(): a request suspended for a forward or a WAN join is only resumed by that
+ * callback, and MHD must not stop with suspended connections. dg_http_free() waits up to 3 s
+ * for such callbacks and logs an error if some never came. */
 void dg_http_free(dg_http *h);
+/* Sets (or clears, with NULL) the federation the HTTP API uses: for an agent whose federation
+ * starts after the HTTP API (it needs the bound port), and to detach it before dg_fed_free().
+ * Once it returns, no HTTP thread is inside a dg_fed_* call on the old value (a read-write lock
+ * covers each call); forwards already in flight still get their callbacks. Any thread. */
+void dg_http_set_fed(dg_http *h, dg_fed *f);
 /* Loads the HTTPS certificate, key and CA files again: new HTTPS connections use them, live
  * ones carry on with the old ones. 0, or an error with msg. No-op without HTTPS. */
 int dg_http_reload_tls(dg_http *h, const char *cert_file, const char *key_file,

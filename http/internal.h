@@ -88,6 +88,18 @@ struct dg_req {
 	bool woken;
 	struct dg_waiter *waiter;
 
+	/* federation (server.c): a request forwarded to another DC, or a WAN join. fed_parked and
+	 * fed_done are guarded by the server's fed mutex until the callback has run; the results
+	 * are the handler's once it sees fed_done. */
+	enum { DG_FED_NONE, DG_FED_FORWARD, DG_FED_JOIN } fed_kind;
+	bool fed_parked; /* suspended, waiting for the callback to resume it */
+	bool fed_done;	 /* the callback ran */
+	int fed_err;
+	struct dg_fed_response fed_resp; /* forward: the remote answer, owned by r */
+	char *fed_msg;			 /* join: why it failed, owned by r (NULL: none) */
+	char *fed_dc, *fed_path;	 /* forward: what was sent, kept until r is freed */
+	json_t *fed_headers;
+
 	/* handler scratch space that survives a suspension */
 	void *scratch;
 	void (*scratch_free)(void *);
@@ -99,6 +111,15 @@ dg_lan *dg_http_lan(struct dg_req *r);
 const struct dg_http_config *dg_http_cfg(struct dg_req *r);
 const char *dg_http_node(struct dg_req *r); /* this agent's node name */
 const char *dg_http_dc(struct dg_req *r);
+
+/* The federation, or NULL when this agent has none; valid until dg_http_fed_release(), which
+ * must follow on the same thread before the handler returns (a read lock is held: call only
+ * the non-blocking dg_fed_* functions in between). */
+dg_fed *dg_http_fed_acquire(struct dg_req *r);
+void dg_http_fed_release(struct dg_req *r);
+/* True if the query parameter is present at all (presence-based flags such as ?detailed, or
+ * force-leave's ?wan); *value (may be NULL) is "" when it has no value. */
+bool dg_req_arg_present(struct dg_req *r, const char *name, const char **value);
 
 /* ---- answers: each returns MHD_YES/MHD_NO for the handler to return ---- */
 /* 200 with a JSON body (takes ownership of body; NULL means "null"). Adds X-Consul-Index etc.
@@ -144,6 +165,20 @@ typedef uint64_t (*dg_index_fn)(struct dg_req *r, dg_catalog *cat);
 typedef json_t *(*dg_build_fn)(struct dg_req *r, dg_catalog *cat);
 int dg_serve_read(struct dg_req *r, unsigned topics, const char *key, dg_index_fn idx,
 		  dg_build_fn build);
+
+/* ---- federation (server.c) ---- */
+/* Forwards this request as received (method, path, the whole query string, X-Consul-Token,
+ * Content-Type and Cache-Control, the body unchanged) to datacenter dc and answers with the
+ * remote DC's status, headers and body, suspending meanwhile; dispatch answers when the
+ * request runs again, so the handler is not called back. Without federation: 500 "No path to
+ * datacenter". A blocking query (?index) may take its wait plus jitter plus 5 s. */
+int dg_req_forward(struct dg_req *r, const char *dc);
+/* Joins the WAN pool through addr and suspends until it is done; the handler is then called
+ * again with r->fed_done set, r->fed_err 0 or an error and r->fed_msg the reason (may be NULL).
+ * When federation refuses at once (or there is none: DG_EINVAL), or the join is over before
+ * the request could be suspended, the handler is called again at once the same way. Returns
+ * what the handler must return. */
+int dg_req_wan_join(struct dg_req *r, const char *addr);
 
 /* ---- request bodies (decode.c) ---- */
 /* Go's name for a JSON value's kind ("object", "string", "number", "bool", ...), for Consul's
@@ -199,5 +234,7 @@ struct dg_http_stats {
 void dg_http_stats(struct dg_req *r, struct dg_http_stats *out);
 /* Number of queries parked right now. */
 size_t dg_http_waiters(struct dg_req *r);
+/* Number of requests suspended for a forward or a WAN join right now. */
+size_t dg_http_forwards(struct dg_req *r);
 
 #endif

@@ -4,7 +4,12 @@
  * Threads: handlers run on MHD's thread. Parked blocking queries live in the waiter list under
  * `wmu`; the loop thread (change hook) and the deadline thread take them off the list and resume
  * their connections after dropping `wmu`. A request on no list and suspended is owned by whoever
- * holds its pending resume (a write callback or the waker); nothing else touches it. */
+ * holds its pending resume (a write callback, the waker, or federation's callback); nothing else
+ * touches it.
+ *
+ * Federation: a request for another DC is handed to dg_fed_forward() and suspended; the answer
+ * comes back on one of federation's threads, which stores it in the request and resumes it, and
+ * dispatch then answers with the remote status, headers and body as they are. */
 #include "http/internal.h"
 #include "http/https.h"
 
@@ -13,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/random.h>
 #include <unistd.h>
 
@@ -44,6 +50,11 @@ struct dg_http {
 
 	struct dg_http_stats stats; /* updated with atomic adds */
 	int writes_in_flight;       /* suspended for a raft write; atomic */
+	/* cfg.fed: read-locked around every dg_fed_* call so that dg_http_set_fed(NULL) can
+	 * guarantee nobody still uses the old one */
+	pthread_rwlock_t fedlock;
+	pthread_mutex_t fmu; /* guards fed_parked and fed_done of every request */
+	int feds_in_flight;  /* forwards and joins whose callback has not finished; atomic */
 	struct dg_https https;
 	struct sockaddr_in https_sa;
 	uint64_t last_reap_s; /* deadline thread only */
@@ -97,6 +108,41 @@ void dg_http_stats(struct dg_req *r, struct dg_http_stats *out)
 	out->errors_5xx = __atomic_load_n(&s->errors_5xx, __ATOMIC_RELAXED);
 }
 
+size_t dg_http_forwards(struct dg_req *r)
+{
+	int n = __atomic_load_n(&r->srv->feds_in_flight, __ATOMIC_RELAXED);
+	return n > 0 ? (size_t)n : 0;
+}
+
+dg_fed *dg_http_fed_acquire(struct dg_req *r)
+{
+	pthread_rwlock_rdlock(&r->srv->fedlock);
+	return r->srv->cfg.fed;
+}
+
+void dg_http_fed_release(struct dg_req *r)
+{
+	pthread_rwlock_unlock(&r->srv->fedlock);
+}
+
+void dg_http_set_fed(dg_http *h, dg_fed *f)
+{
+	pthread_rwlock_wrlock(&h->fedlock);
+	h->cfg.fed = f;
+	pthread_rwlock_unlock(&h->fedlock);
+}
+
+bool dg_req_arg_present(struct dg_req *r, const char *name, const char **value)
+{
+	const char *v = NULL;
+	if (MHD_lookup_connection_value_n(r->conn, MHD_GET_ARGUMENT_KIND, name, strlen(name), &v,
+					  NULL) != MHD_YES)
+		return false;
+	if (value)
+		*value = v ? v : "";
+	return true;
+}
+
 size_t dg_http_waiters(struct dg_req *r)
 {
 	pthread_mutex_lock(&r->srv->wmu);
@@ -121,18 +167,24 @@ static void add_index_headers(struct dg_req *r, struct MHD_Response *resp, uint6
 				r->q.stale ? "stale" : r->q.consistent ? "consistent" : "leader");
 }
 
-static int queue(struct dg_req *r, int status, struct MHD_Response *resp)
+/* Queues resp (destroyed here) as it is: a forwarded answer carries the remote DC's headers. */
+static int queue_as_is(struct dg_req *r, int status, struct MHD_Response *resp)
 {
 	int rv;
 	if (status >= 500)
 		__atomic_add_fetch(&r->srv->stats.errors_5xx, 1, __ATOMIC_RELAXED);
 	else if (status >= 400)
 		__atomic_add_fetch(&r->srv->stats.errors_4xx, 1, __ATOMIC_RELAXED);
-	MHD_add_response_header(resp, "X-Consul-Default-ACL-Policy", "allow");
 	rv = MHD_queue_response(r->conn, (unsigned)status, resp);
 	MHD_destroy_response(resp);
 	r->answered = true;
 	return rv;
+}
+
+static int queue(struct dg_req *r, int status, struct MHD_Response *resp)
+{
+	MHD_add_response_header(resp, "X-Consul-Default-ACL-Policy", "allow");
+	return queue_as_is(r, status, resp);
 }
 
 int dg_reply_raw(struct dg_req *r, int status, const void *data, size_t len,
@@ -457,6 +509,300 @@ int dg_serve_read(struct dg_req *r, unsigned topics, const char *key, dg_index_f
 	return dg_reply_json_cache(r, out, index);
 }
 
+/* ---- federation: forwarding to another DC, WAN joins ---- */
+
+/* Every forward and join ends in fed_finish(), on federation's thread, after the results are
+ * stored in r. The handler, on the MHD thread, suspends the request only if the callback has not
+ * run yet (fed_park); both decide under fmu, so exactly one of them resumes or answers. The
+ * callback touches neither r nor its connection after the resume: from then on the MHD thread
+ * owns r again and may free it. */
+static void fed_finish(struct dg_req *r)
+{
+	dg_http *h = r->srv;
+	struct MHD_Connection *conn = r->conn;
+	pthread_mutex_lock(&h->fmu);
+	r->fed_done = true;
+	bool parked = r->fed_parked;
+	pthread_mutex_unlock(&h->fmu);
+	if (parked)
+		MHD_resume_connection(conn);
+	__atomic_sub_fetch(&h->feds_in_flight, 1, __ATOMIC_RELEASE);
+}
+
+/* After the forward or join was started: suspends the request unless the callback already ran.
+ * True when suspended (the handler returns MHD_YES), false when the results are in r now. */
+static bool fed_park(struct dg_req *r)
+{
+	dg_http *h = r->srv;
+	pthread_mutex_lock(&h->fmu);
+	bool done = r->fed_done;
+	if (!done) {
+		MHD_suspend_connection(r->conn);
+		r->suspended = true;
+		r->fed_parked = true;
+	}
+	pthread_mutex_unlock(&h->fmu);
+	return !done;
+}
+
+static void forward_cb(void *arg, int err, struct dg_fed_response *resp)
+{
+	struct dg_req *r = arg;
+	r->fed_err = err;
+	if (err == 0 && resp) {
+		r->fed_resp = *resp; /* moved: the caller's fini finds nothing left */
+		memset(resp, 0, sizeof(*resp));
+	} else if (err == 0) {
+		r->fed_err = DG_EIO;
+	}
+	fed_finish(r);
+}
+
+static void join_cb(void *arg, int err, const char *msg)
+{
+	struct dg_req *r = arg;
+	r->fed_err = err;
+	r->fed_msg = msg && *msg ? strdup(msg) : NULL;
+	fed_finish(r);
+}
+
+/* Consul's texts for a forward that failed; err comes from dg_fed_forward or its callback. */
+static int reply_fed_error(struct dg_req *r, int err)
+{
+	if (err == DG_ENOPATH || err == DG_ENOSERVER)
+		return dg_reply_text(r, 500, dg_strerror(err), 0);
+	return dg_reply_textf(r, 500, 0, "rpc error making call: %s", dg_strerror(err));
+}
+
+/* A header from the remote DC that may be passed on: a token without separators or controls
+ * and a value without line breaks, and none that MHD writes itself. */
+static bool header_ok(const char *name, const char *value)
+{
+	static const char *const own[] = {"Content-Length", "Connection", "Transfer-Encoding",
+					  "Date", "Keep-Alive"};
+	if (!*name)
+		return false;
+	for (const char *p = name; *p; p++)
+		if ((unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f ||
+		    strchr(":()<>@,;\\\"/[]?={}", *p))
+			return false;
+	for (const char *p = value; *p; p++)
+		if (*p == '\r' || *p == '\n')
+			return false;
+	for (size_t i = 0; i < sizeof(own) / sizeof(own[0]); i++)
+		if (strcasecmp(name, own[i]) == 0)
+			return false;
+	return true;
+}
+
+/* The remote DC's answer exactly: its status, every header it sent and its body. */
+static int reply_forwarded(struct dg_req *r)
+{
+	struct dg_fed_response *fr = &r->fed_resp;
+	if (r->fed_err != 0)
+		return reply_fed_error(r, r->fed_err);
+	if (fr->status < 100 || fr->status > 999)
+		return reply_fed_error(r, DG_EIO);
+	struct MHD_Response *resp;
+	if (fr->body && fr->len) {
+		resp = MHD_create_response_from_buffer(fr->len, fr->body, MHD_RESPMEM_MUST_FREE);
+		if (resp) {
+			fr->body = NULL; /* MHD frees it with the response */
+			fr->len = 0;
+		}
+	} else {
+		resp = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+	}
+	if (!resp)
+		return MHD_NO;
+	const char *name;
+	json_t *v;
+	json_object_foreach(fr->headers, name, v)
+	{
+		const char *value = json_string_value(v);
+		if (value && header_ok(name, value))
+			MHD_add_response_header(resp, name, value);
+	}
+	return queue_as_is(r, fr->status, resp);
+}
+
+/* Appends s percent-encoded: everything but unreserved characters and those in keep. */
+static int url_escape(struct dg_buf *b, const char *s, const char *keep)
+{
+	static const char hex[] = "0123456789ABCDEF";
+	int rv = 0;
+	for (const unsigned char *p = (const unsigned char *)s; *p && rv == 0; p++) {
+		if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+		    (*p >= '0' && *p <= '9') || strchr("-._~", *p) || strchr(keep, *p)) {
+			rv = dg_buf_append(b, p, 1);
+		} else {
+			char e[3] = {'%', hex[*p >> 4], hex[*p & 15]};
+			rv = dg_buf_append(b, e, 3);
+		}
+	}
+	return rv;
+}
+
+struct query_text {
+	struct dg_buf *b;
+	bool first;
+	int err;
+};
+
+/* One GET argument as MHD decoded it, encoded again; a key given without '=' stays bare. */
+static enum MHD_Result query_text_cb(void *cls, enum MHD_ValueKind kind, const char *key,
+				     const char *value)
+{
+	struct query_text *q = cls;
+	if (q->err == 0)
+		q->err = dg_buf_append(q->b, q->first ? "?" : "&", 1);
+	q->first = false;
+	if (q->err == 0)
+		q->err = url_escape(q->b, key, "");
+	if (value && q->err == 0 && (q->err = dg_buf_append(q->b, "=", 1)) == 0)
+		q->err = url_escape(q->b, value, "");
+	return MHD_YES;
+}
+
+/* The request's path and query as the remote DC's HTTP API must receive them. MHD hands us
+ * both decoded, so they are encoded again; the dc parameter stays (it names the remote DC,
+ * which answers it locally). */
+static int forward_path(struct dg_req *r, struct dg_buf *out)
+{
+	struct query_text q = {.b = out, .first = true, .err = 0};
+	int rv = url_escape(out, r->url, "/:@");
+	if (rv != 0)
+		return rv;
+	MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, query_text_cb, &q);
+	return q.err;
+}
+
+/* The request headers the remote DC needs (a new object, NULL when out of memory). */
+static json_t *forward_headers(struct dg_req *r)
+{
+	static const char *const names[] = {"X-Consul-Token", "Content-Type", "Cache-Control"};
+	json_t *h = json_object();
+	for (size_t i = 0; h && i < sizeof(names) / sizeof(names[0]); i++) {
+		const char *v = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, names[i]);
+		if (v && json_object_set_new(h, names[i], json_string(v)) != 0) {
+			json_decref(h);
+			h = NULL;
+		}
+	}
+	return h;
+}
+
+/* How long the remote DC may take: a blocking query's whole wait plus its largest jitter
+ * (wait/16) plus 5 s for the WAN; 0 (federation's default) for anything else. */
+static unsigned forward_timeout_ms(struct dg_req *r)
+{
+	if (r->q.index == 0)
+		return 0;
+	uint64_t wait = dg_query_block_ms(r->q.wait_ns, 0);
+	return (unsigned)(wait + wait / 16 + 5000);
+}
+
+/* The remote reads `?cached` serves from a kept copy (issue: health/service, catalog/services,
+ * kv); other paths with ?cached are simply forwarded. */
+static bool cacheable(const char *path)
+{
+	return strncmp(path, "/v1/health/service/", 19) == 0 ||
+	       strcmp(path, "/v1/catalog/services") == 0 || strncmp(path, "/v1/kv/", 7) == 0;
+}
+
+/* max-age and stale-if-error from the request's Cache-Control (seconds; -1 when absent). */
+static void cache_control(struct dg_req *r, int64_t *max_age, int64_t *stale_if_error)
+{
+	const char *cc = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Cache-Control");
+	static const struct {
+		const char *name;
+		size_t len;
+	} keys[] = {{"max-age=", 8}, {"stale-if-error=", 15}};
+	int64_t *out[] = {max_age, stale_if_error};
+	for (const char *p = cc; p && *p;) {
+		while (*p == ' ' || *p == ',')
+			p++;
+		for (size_t k = 0; k < 2; k++)
+			if (strncasecmp(p, keys[k].name, keys[k].len) == 0) {
+				char *end;
+				long long v = strtoll(p + keys[k].len, &end, 10);
+				if (end != p + keys[k].len && v >= 0)
+					*out[k] = v;
+			}
+		p = strchr(p, ',');
+	}
+}
+
+int dg_req_forward(struct dg_req *r, const char *dc)
+{
+	dg_http *h = r->srv;
+	struct dg_buf path;
+	int rv;
+	dg_buf_init(&path);
+	free(r->fed_dc);
+	free(r->fed_path);
+	json_decref(r->fed_headers);
+	r->fed_path = NULL;
+	r->fed_headers = NULL;
+	if (!(r->fed_dc = strdup(dc)) || forward_path(r, &path) != 0 ||
+	    !(r->fed_path = dg_buf_steal(&path, NULL)) || !(r->fed_headers = forward_headers(r))) {
+		dg_buf_fini(&path);
+		return dg_reply_text(r, 500, "out of memory", 0);
+	}
+	struct dg_fed_request req = {
+	    .dc = r->fed_dc,
+	    .method = r->method_text,
+	    .path_query = r->fed_path,
+	    .headers = r->fed_headers,
+	    .body = r->body.data,
+	    .len = r->body.len,
+	    .timeout_ms = forward_timeout_ms(r),
+	};
+	r->fed_kind = DG_FED_FORWARD;
+	r->fed_done = false;
+	r->fed_err = 0;
+	int64_t max_age = -1, stale_if_error = -1;
+	bool cached = r->q.cached && r->method == DG_GET && cacheable(r->url);
+	if (cached)
+		cache_control(r, &max_age, &stale_if_error);
+	__atomic_add_fetch(&h->feds_in_flight, 1, __ATOMIC_RELAXED);
+	pthread_rwlock_rdlock(&h->fedlock);
+	if (!h->cfg.fed)
+		rv = DG_ENOPATH;
+	else if (cached)
+		rv = dg_fed_forward_cached(h->cfg.fed, &req, max_age, stale_if_error, forward_cb, r);
+	else
+		rv = dg_fed_forward(h->cfg.fed, &req, forward_cb, r);
+	pthread_rwlock_unlock(&h->fedlock);
+	if (rv != 0) {
+		/* decided at once (unknown DC, no server reachable): answered now, unsuspended */
+		__atomic_sub_fetch(&h->feds_in_flight, 1, __ATOMIC_RELEASE);
+		r->fed_kind = DG_FED_NONE;
+		return reply_fed_error(r, rv);
+	}
+	return fed_park(r) ? MHD_YES : reply_forwarded(r);
+}
+
+int dg_req_wan_join(struct dg_req *r, const char *addr)
+{
+	dg_http *h = r->srv;
+	int rv;
+	r->fed_kind = DG_FED_JOIN;
+	r->fed_done = false;
+	r->fed_err = 0;
+	__atomic_add_fetch(&h->feds_in_flight, 1, __ATOMIC_RELAXED);
+	pthread_rwlock_rdlock(&h->fedlock);
+	rv = h->cfg.fed ? dg_fed_join(h->cfg.fed, addr, join_cb, r) : DG_EINVAL;
+	pthread_rwlock_unlock(&h->fedlock);
+	if (rv != 0) {
+		__atomic_sub_fetch(&h->feds_in_flight, 1, __ATOMIC_RELEASE);
+		r->fed_err = rv;
+		r->fed_done = true;
+		return DG_HTTP_RETRY;
+	}
+	return fed_park(r) ? MHD_YES : DG_HTTP_RETRY;
+}
+
 /* ---- dispatch ---- */
 
 static enum MHD_Result query_cb(void *cls, enum MHD_ValueKind kind, const char *key,
@@ -572,14 +918,19 @@ static int dispatch(struct dg_req *r)
 			if (tok)
 				r->q.token = strdup(tok);
 		}
-		/* another datacenter: the one place where federation will forward */
-		if (r->q.dc && strcmp(r->q.dc, dg_cat_dc(r->srv->cat)) != 0 && forwardable(r->url))
-			return dg_reply_text(r, 500, "No path to datacenter", 0);
+		/* before forwarding: a body cut at the limit must not be sent on */
 		if (r->body_too_big)
 			return dg_reply_textf(r, 413, 0,
 					      "Request body too large, max size: %d bytes",
 					      DG_MAX_BODY);
+		/* another datacenter: the one place where ?dc= forwards (catalog register and
+		 * deregister forward by their body's Datacenter, in their handlers) */
+		if (r->q.dc && strcmp(r->q.dc, dg_cat_dc(r->srv->cat)) != 0 && forwardable(r->url))
+			return dg_req_forward(r, r->q.dc);
 	}
+	/* a forward's answer is the remote DC's, whichever handler started it */
+	if (r->fed_kind == DG_FED_FORWARD && r->fed_done)
+		return reply_forwarded(r);
 	for (int tries = 0;; tries++) {
 		int rv = r->route->handler(r);
 		if (rv != DG_HTTP_RETRY)
@@ -654,6 +1005,11 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 	free(r->url);
 	dg_buf_fini(&r->body);
 	json_decref(r->write_result);
+	dg_fed_response_fini(&r->fed_resp);
+	free(r->fed_msg);
+	free(r->fed_dc);
+	free(r->fed_path);
+	json_decref(r->fed_headers);
 	if (r->scratch_free)
 		r->scratch_free(r->scratch);
 	free(r);
@@ -689,6 +1045,8 @@ int dg_http_start(const struct dg_http_config *cfg, dg_catalog *cat, dg_lan *lan
 	h->https.listen_fd = -1;
 	pthread_mutex_init(&h->wmu, NULL);
 	pthread_cond_init(&h->wcond, NULL);
+	pthread_rwlock_init(&h->fedlock, NULL);
+	pthread_mutex_init(&h->fmu, NULL);
 	if (pthread_create(&h->deadline_thread, NULL, deadline_main, h) != 0) {
 		snprintf(msg, len, "cannot start the deadline thread");
 		free(h);
@@ -766,8 +1124,16 @@ void dg_http_free(dg_http *h)
 	pthread_cond_signal(&h->wcond);
 	pthread_mutex_unlock(&h->wmu);
 	pthread_join(h->deadline_thread, NULL);
-	for (int i = 0; i < 300 && __atomic_load_n(&h->writes_in_flight, __ATOMIC_ACQUIRE) > 0; i++)
+	for (int i = 0; i < 300 && (__atomic_load_n(&h->writes_in_flight, __ATOMIC_ACQUIRE) > 0 ||
+				    __atomic_load_n(&h->feds_in_flight, __ATOMIC_ACQUIRE) > 0);
+	     i++)
 		usleep(10000);
+	int feds = __atomic_load_n(&h->feds_in_flight, __ATOMIC_ACQUIRE);
+	if (feds > 0)
+		DG_LOGE(HTTP,
+			"%d requests still wait for federation at shutdown (dg_fed_free() "
+			"must come before dg_http_free())",
+			feds);
 	MHD_quiesce_daemon(h->daemon);
 	usleep(20000); /* let MHD's thread answer the connections just resumed */
 	dg_https_stop(&h->https);
@@ -776,5 +1142,7 @@ void dg_http_free(dg_http *h)
 	dg_lan_set_change_hook(h->lan, NULL, NULL);
 	pthread_mutex_destroy(&h->wmu);
 	pthread_cond_destroy(&h->wcond);
+	pthread_rwlock_destroy(&h->fedlock);
+	pthread_mutex_destroy(&h->fmu);
 	free(h);
 }

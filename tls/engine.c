@@ -1489,6 +1489,12 @@ int dg_tls_dialer_config(const struct dg_tls_policy *p, const char *dc, nng_tls_
 	return config_make(p, NNG_TLS_MODE_CLIENT, check ? host : NULL, NULL, out, err, errlen);
 }
 
+int dg_tls_dialer_config_any(const struct dg_tls_policy *p, const char *accept, nng_tls_config **out,
+			     char *err, size_t errlen)
+{
+	return config_make(p, NNG_TLS_MODE_CLIENT, NULL, accept, out, err, errlen);
+}
+
 int dg_tls_listener_config(const struct dg_tls_policy *p, const char *accept, nng_tls_config **out,
 			   char *err, size_t errlen)
 {

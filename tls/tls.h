@@ -55,6 +55,11 @@ const char *dg_tls_engine_name(void);
  * server.<dc>.<domain>. Caller frees with nng_tls_config_free(). */
 int dg_tls_dialer_config(const struct dg_tls_policy *p, const char *dc, nng_tls_config **out,
 			 char *err, size_t errlen);
+/* A TLS config for dialing a server whose datacenter is not known yet (joining by address): the
+ * peer must show a certificate of the CA whose SAN matches accept ("server.*.<domain>"). What it
+ * claims to be is then checked by a dial with dg_tls_dialer_config(). Caller frees it. */
+int dg_tls_dialer_config_any(const struct dg_tls_policy *p, const char *accept,
+			     nng_tls_config **out, char *err, size_t errlen);
 /* A TLS config for a listener that requires a client certificate of the CA whose SAN matches
  * accept ("server.*.<domain>" on the WAN: any DC's server). Caller frees it. */
 int dg_tls_listener_config(const struct dg_tls_policy *p, const char *accept,

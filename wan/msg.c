@@ -1,0 +1,508 @@
+/* wan/msg.c: the codec of the messages servers exchange on port 8302 (wire form in wan/msg.h).
+ * Pure: bytes in, bytes or values out. Every length is checked against the limits in
+ * common/common.h before anything is allocated for it, and the decoder says why it refused. */
+#include "wan/msg.h"
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MSG_PREFIX_LEN 6 /* magic, type, 4-byte header length */
+#define MSG_MAX_DEPTH  8 /* nesting of a header or a PUSHPULL body; the top level counts as 1 */
+
+/* The decoder refuses strings holding NUL (no JSON_ALLOW_NUL): the fields are used as C strings
+ * and a "\u0000" would cut them short in some places and not in others. The encoder refuses
+ * them too, so that whatever it produces the decoder accepts. */
+#define MSG_JSON_LOAD_FLAGS (JSON_DECODE_ANY | JSON_REJECT_DUPLICATES)
+#define MSG_JSON_DUMP_FLAGS (JSON_COMPACT)
+
+static const char *const type_names[] = {
+    [DG_WAN_PING] = "PING",	    [DG_WAN_PONG] = "PONG",
+    [DG_WAN_PUSHPULL] = "PUSHPULL", [DG_WAN_LEAVE] = "LEAVE",
+    [DG_WAN_ACK] = "ACK",	    [DG_WAN_INDIRECT] = "INDIRECT",
+    [DG_WAN_HTTP] = "HTTP",	    [DG_WAN_HTTP_REPLY] = "HTTP_REPLY",
+    [DG_WAN_ERROR] = "ERROR",
+};
+
+static bool type_known(int type)
+{
+	return type >= DG_WAN_PING && type <= DG_WAN_ERROR;
+}
+
+const char *dg_wan_type_name(int type)
+{
+	return type_known(type) ? type_names[type] : "unknown";
+}
+
+/* err may be NULL or errlen 0 when the caller does not want the reason. */
+__attribute__((format(printf, 3, 4))) static void set_err(char *err, size_t errlen, const char *fmt,
+							  ...)
+{
+	if (!err || errlen == 0)
+		return;
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(err, errlen, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		err[0] = 0;
+}
+
+/* Restores out to len bytes after a failed append, so a failing encoder leaves out as it was. */
+static void buf_truncate(struct dg_buf *out, size_t len)
+{
+	if (out->data) {
+		out->len = len;
+		out->data[len] = 0;
+	}
+}
+
+/* ---- JSON text: depth pre-scan ---- */
+
+/* True if the JSON text s[0..len) nests no deeper than max. Checked before parsing, so a header
+ * of 60000 '[' costs one pass and no allocation. Strings are skipped so that brackets inside
+ * them don't count. For valid JSON the count is exact; for invalid JSON it may be anything, and
+ * the parser rejects the text afterwards. */
+static bool depth_ok(const uint8_t *s, size_t len, int max)
+{
+	int depth = 0;
+	bool in_str = false;
+	for (size_t i = 0; i < len; i++) {
+		uint8_t c = s[i];
+		if (in_str) {
+			if (c == '\\')
+				i++;
+			else if (c == '"')
+				in_str = false;
+			continue;
+		}
+		if (c == '"')
+			in_str = true;
+		else if (c == '[' || c == '{') {
+			if (++depth > max)
+				return false;
+		} else if (c == ']' || c == '}')
+			depth--;
+	}
+	return true;
+}
+
+/* Parses JSON text that must be one value of the given shape (object or array). what names it
+ * in the reason ("header", "members"). Returns a new reference or NULL with err set. */
+static json_t *load_json(const uint8_t *s, size_t len, bool want_object, const char *what,
+			 char *err, size_t errlen)
+{
+	if (len == 0) {
+		set_err(err, errlen, "%s is empty", what);
+		return NULL;
+	}
+	if (!depth_ok(s, len, MSG_MAX_DEPTH)) {
+		set_err(err, errlen, "%s JSON too deep (more than %d levels)", what, MSG_MAX_DEPTH);
+		return NULL;
+	}
+	json_error_t jerr;
+	json_t *v = json_loadb((const char *)s, len, MSG_JSON_LOAD_FLAGS, &jerr);
+	if (!v) {
+		set_err(err, errlen, "%s is not valid JSON: %s (at byte %d)", what, jerr.text,
+			jerr.position);
+		return NULL;
+	}
+	if (want_object ? !json_is_object(v) : !json_is_array(v)) {
+		set_err(err, errlen, "%s is not a JSON %s", what, want_object ? "object" : "array");
+		json_decref(v);
+		return NULL;
+	}
+	return v;
+}
+
+/* ---- JSON values: what the encoder checks before writing ---- */
+
+/* True if v nests at most max levels (v itself is level 1) and no string or key holds NUL, i.e.
+ * the decoder will take its dump back. Recursion is bounded by max, so a value with a cycle (which
+ * jansson cannot dump anyway) is refused rather than followed. */
+static bool value_ok(const json_t *v, int max)
+{
+	if (json_is_string(v))
+		return strlen(json_string_value(v)) == json_string_length(v);
+	if (!json_is_object(v) && !json_is_array(v))
+		return true;
+	if (max <= 0)
+		return false;
+	if (json_is_array(v)) {
+		size_t i;
+		json_t *e;
+		json_array_foreach(v, i, e)
+		{
+			if (!value_ok(e, max - 1))
+				return false;
+		}
+		return true;
+	}
+	const char *key;
+	size_t key_len;
+	json_t *e;
+	/* the macro wants a non-const object; foreach does not modify it */
+	json_object_keylen_foreach((json_t *)v, key, key_len, e)
+	{
+		if (strlen(key) != key_len || !value_ok(e, max - 1))
+			return false;
+	}
+	return true;
+}
+
+/* json_dump_callback sink appending to a dg_buf; stops the dump (returns -1) once more than limit
+ * bytes have been written since start, so an oversized header is not dumped in full. */
+struct dump_sink {
+	struct dg_buf *out;
+	size_t start, limit;
+	bool too_big, nomem;
+};
+
+static int dump_cb(const char *buffer, size_t size, void *data)
+{
+	struct dump_sink *s = data;
+	if (s->out->len - s->start + size > s->limit) {
+		s->too_big = true;
+		return -1;
+	}
+	if (dg_buf_append(s->out, buffer, size) != 0) {
+		s->nomem = true;
+		return -1;
+	}
+	return 0;
+}
+
+/* Appends the compact JSON text of v to out, at most limit bytes. 0, DG_ETOOBIG or DG_ENOMEM;
+ * on failure out may hold part of the text (the caller truncates). */
+static int dump_json(struct dg_buf *out, const json_t *v, size_t limit)
+{
+	struct dump_sink s = {.out = out, .start = out->len, .limit = limit};
+	if (json_dump_callback(v, dump_cb, &s, MSG_JSON_DUMP_FLAGS) == 0)
+		return 0;
+	return s.too_big ? DG_ETOOBIG : DG_ENOMEM;
+}
+
+/* ---- messages ---- */
+
+int dg_wan_msg_encode(struct dg_buf *out, enum dg_wan_type type, json_t *hdr, const void *body,
+		      size_t body_len)
+{
+	if (!type_known((int)type))
+		return DG_EINVAL;
+	if (hdr && (!json_is_object(hdr) || !value_ok(hdr, MSG_MAX_DEPTH)))
+		return DG_EINVAL;
+	if (body_len > 0 && !body)
+		return DG_EINVAL;
+	if (body_len > DG_WAN_MAX_MSG - MSG_PREFIX_LEN)
+		return DG_ETOOBIG; /* early, before the header is dumped */
+
+	size_t start = out->len;
+	uint8_t prefix[MSG_PREFIX_LEN] = {DG_WAN_MAGIC, (uint8_t)type, 0, 0, 0, 0};
+	int rv;
+	if ((rv = dg_buf_append(out, prefix, sizeof(prefix))) != 0)
+		goto fail;
+	if (hdr)
+		rv = dump_json(out, hdr, DG_WAN_MAX_HEADER);
+	else
+		rv = dg_buf_append(out, "{}", 2);
+	if (rv != 0)
+		goto fail;
+
+	/* at most DG_WAN_MAX_HEADER, which the sink checked */
+	size_t hlen = out->len - start - MSG_PREFIX_LEN;
+	if (body_len > DG_WAN_MAX_MSG - MSG_PREFIX_LEN - hlen) {
+		rv = DG_ETOOBIG;
+		goto fail;
+	}
+	if (body_len > 0 && (rv = dg_buf_append(out, body, body_len)) != 0)
+		goto fail;
+	uint8_t *p = (uint8_t *)out->data + start + 2;
+	p[0] = (uint8_t)(hlen >> 24);
+	p[1] = (uint8_t)(hlen >> 16);
+	p[2] = (uint8_t)(hlen >> 8);
+	p[3] = (uint8_t)hlen;
+	return 0;
+
+fail:
+	buf_truncate(out, start);
+	return rv;
+}
+
+int dg_wan_msg_decode(const void *buf, size_t len, struct dg_wan_msg *out, char *err, size_t errlen)
+{
+	const uint8_t *b = buf;
+	memset(out, 0, sizeof(*out));
+	if (len > DG_WAN_MAX_MSG) {
+		set_err(err, errlen, "message of %zu bytes is over the limit of %d", len,
+			DG_WAN_MAX_MSG);
+		return DG_ETOOBIG;
+	}
+	if (len < MSG_PREFIX_LEN) {
+		set_err(err, errlen, "truncated: %zu bytes, the fixed header alone is %d", len,
+			MSG_PREFIX_LEN);
+		return DG_EINVAL;
+	}
+	if (b[0] != DG_WAN_MAGIC) {
+		set_err(err, errlen, "bad magic 0x%02x (expected 0x%02x)", b[0], DG_WAN_MAGIC);
+		return DG_EINVAL;
+	}
+	if (!type_known(b[1])) {
+		set_err(err, errlen, "unknown type %u", b[1]);
+		return DG_EINVAL;
+	}
+	uint32_t hlen = (uint32_t)b[2] << 24 | (uint32_t)b[3] << 16 | (uint32_t)b[4] << 8 | b[5];
+	/* the limit first: a hostile length is reported as such, whatever follows it */
+	if (hlen > DG_WAN_MAX_HEADER) {
+		set_err(err, errlen, "header of %u bytes is over the limit of %d", hlen,
+			DG_WAN_MAX_HEADER);
+		return DG_ETOOBIG;
+	}
+	if (hlen > len - MSG_PREFIX_LEN) {
+		set_err(err, errlen, "truncated: header of %u bytes but only %zu follow", hlen,
+			len - MSG_PREFIX_LEN);
+		return DG_EINVAL;
+	}
+	json_t *hdr = load_json(b + MSG_PREFIX_LEN, hlen, true, "header", err, errlen);
+	if (!hdr)
+		return DG_EINVAL;
+	out->type = (enum dg_wan_type)b[1];
+	out->hdr = hdr;
+	out->body = b + MSG_PREFIX_LEN + hlen;
+	out->body_len = len - MSG_PREFIX_LEN - hlen;
+	return 0;
+}
+
+void dg_wan_msg_fini(struct dg_wan_msg *m)
+{
+	if (!m)
+		return;
+	json_decref(m->hdr);
+	m->hdr = NULL;
+}
+
+/* ---- members ---- */
+
+/* Node, Datacenter, Name and Addr: printable ASCII without spaces, so that a member logs on one
+ * line and reads back the same. Node may hold dots (Consul allows them); Datacenter may not, which
+ * makes "<Node>.<Datacenter>" split one way only. */
+static bool label_ok(const char *s)
+{
+	for (const unsigned char *c = (const unsigned char *)s; *c; c++) {
+		if (*c <= ' ' || *c > '~')
+			return false;
+	}
+	return true;
+}
+
+/* The rules on a member's values, shared by the decoder and the encoder. Lengths are already
+ * known to fit their arrays. Returns true, or false with the reason in err. */
+static bool member_ok(const struct dg_wan_wire_member *m, char *err, size_t errlen)
+{
+	/* Build may be empty: a server that does not say its version is still a member */
+	const struct {
+		const char *field;
+		const char *s;
+		bool may_be_empty;
+	} labels[] = {
+	    {"Name", m->name, false}, {"Node", m->node, false},	 {"Datacenter", m->dc, false},
+	    {"Addr", m->addr, false}, {"Build", m->build, true},
+	};
+	for (size_t i = 0; i < sizeof(labels) / sizeof(labels[0]); i++) {
+		const char *s = labels[i].s;
+		if (!s[0] && !labels[i].may_be_empty) {
+			set_err(err, errlen, "%s is empty", labels[i].field);
+			return false;
+		}
+		if (!label_ok(s)) {
+			set_err(err, errlen,
+				"%s holds a space or a character outside printable ASCII",
+				labels[i].field);
+			return false;
+		}
+	}
+	if (strchr(m->dc, '.')) {
+		set_err(err, errlen, "Datacenter \"%s\" contains a dot", m->dc);
+		return false;
+	}
+	size_t nl = strlen(m->node), dl = strlen(m->dc);
+	if (strlen(m->name) != nl + 1 + dl || memcmp(m->name, m->node, nl) != 0 ||
+	    m->name[nl] != '.' || memcmp(m->name + nl + 1, m->dc, dl) != 0) {
+		set_err(err, errlen, "Name \"%s\" is not \"<Node>.<Datacenter>\" (\"%s.%s\")",
+			m->name, m->node, m->dc);
+		return false;
+	}
+	if (m->port < 1 || m->port > 65535) {
+		set_err(err, errlen, "Port %d outside 1..65535", m->port);
+		return false;
+	}
+	if (m->status < 1 || m->status > 5) {
+		set_err(err, errlen, "unknown Status %d", m->status);
+		return false;
+	}
+	if (m->inc > (uint64_t)INT64_MAX) { /* a JSON integer in jansson is an int64 */
+		set_err(err, errlen, "Inc %llu over the largest JSON integer",
+			(unsigned long long)m->inc);
+		return false;
+	}
+	return true;
+}
+
+/* Copies the string field `field` of obj into dst (size bytes with the NUL). */
+static bool get_str(json_t *obj, const char *field, char *dst, size_t size, char *err,
+		    size_t errlen)
+{
+	json_t *v = json_object_get(obj, field);
+	if (!v) {
+		set_err(err, errlen, "missing %s", field);
+		return false;
+	}
+	if (!json_is_string(v)) {
+		set_err(err, errlen, "%s is not a string", field);
+		return false;
+	}
+	size_t n = json_string_length(v);
+	if (n >= size) {
+		set_err(err, errlen, "%s of %zu bytes is longer than %zu", field, n, size - 1);
+		return false;
+	}
+	memcpy(dst, json_string_value(v), n + 1); /* no NUL inside: the parser refuses "\u0000" */
+	return true;
+}
+
+/* Reads the integer field `field` of obj, which must lie in lo..hi. */
+static bool get_int(json_t *obj, const char *field, json_int_t lo, json_int_t hi, json_int_t *out,
+		    char *err, size_t errlen)
+{
+	json_t *v = json_object_get(obj, field);
+	if (!v) {
+		set_err(err, errlen, "missing %s", field);
+		return false;
+	}
+	if (!json_is_integer(v)) {
+		set_err(err, errlen, "%s is not an integer", field);
+		return false;
+	}
+	json_int_t x = json_integer_value(v);
+	if (x < lo || x > hi) {
+		set_err(err, errlen, "%s %lld outside %lld..%lld", field, (long long)x,
+			(long long)lo, (long long)hi);
+		return false;
+	}
+	*out = x;
+	return true;
+}
+
+/* Reads one member. Fields this version does not know are ignored, so a newer peer may add some. */
+static bool member_from_json(json_t *obj, struct dg_wan_wire_member *m, char *err, size_t errlen)
+{
+	json_int_t port, status, inc;
+	memset(m, 0, sizeof(*m));
+	if (!json_is_object(obj)) {
+		set_err(err, errlen, "not a JSON object");
+		return false;
+	}
+	if (!get_str(obj, "Name", m->name, sizeof(m->name), err, errlen) ||
+	    !get_str(obj, "Node", m->node, sizeof(m->node), err, errlen) ||
+	    !get_str(obj, "Datacenter", m->dc, sizeof(m->dc), err, errlen) ||
+	    !get_str(obj, "Addr", m->addr, sizeof(m->addr), err, errlen) ||
+	    !get_int(obj, "Port", 1, 65535, &port, err, errlen) ||
+	    !get_int(obj, "Status", 1, 5, &status, err, errlen) ||
+	    !get_int(obj, "Inc", 0, INT64_MAX, &inc, err, errlen) ||
+	    !get_str(obj, "Build", m->build, sizeof(m->build), err, errlen))
+		return false;
+	m->port = (int)port;
+	m->status = (int)status;
+	m->inc = (uint64_t)inc;
+	return member_ok(m, err, errlen);
+}
+
+int dg_wan_members_decode(const uint8_t *body, size_t len, struct dg_wan_wire_member **out,
+			  size_t *n, char *err, size_t errlen)
+{
+	*out = NULL;
+	*n = 0;
+	if (len > DG_WAN_MAX_MSG) {
+		set_err(err, errlen, "members body of %zu bytes is over the limit of %d", len,
+			DG_WAN_MAX_MSG);
+		return DG_ETOOBIG;
+	}
+	json_t *arr = load_json(body, len, false, "members", err, errlen);
+	if (!arr)
+		return DG_EINVAL;
+	int rv = DG_EINVAL;
+	size_t count = json_array_size(arr);
+	if (count > DG_WAN_MAX_MEMBERS) {
+		set_err(err, errlen, "%zu members, more than %d", count, DG_WAN_MAX_MEMBERS);
+		rv = DG_ETOOBIG;
+		goto out_arr;
+	}
+	/* Every entry is checked before the array is allocated, so the allocation is for members
+	 * that are really there: a body of 4096 "{}" costs no 2.5 MB. */
+	struct dg_wan_wire_member tmp;
+	char why[256];
+	for (size_t i = 0; i < count; i++) {
+		if (!member_from_json(json_array_get(arr, i), &tmp, why, sizeof(why))) {
+			set_err(err, errlen, "member %zu: %s", i, why);
+			goto out_arr;
+		}
+	}
+	/* at least one element, so that *out is never NULL on success */
+	struct dg_wan_wire_member *v = calloc(count ? count : 1, sizeof(*v));
+	if (!v) {
+		set_err(err, errlen, "out of memory for %zu members", count);
+		rv = DG_ENOMEM;
+		goto out_arr;
+	}
+	for (size_t i = 0; i < count; i++)
+		(void)member_from_json(json_array_get(arr, i), &v[i], NULL, 0); /* passed above */
+	*out = v;
+	*n = count;
+	rv = 0;
+out_arr:
+	json_decref(arr);
+	return rv;
+}
+
+/* Checks that each char array of m is NUL-terminated within its size, so that member_ok may treat
+ * them as strings. */
+static bool member_terminated(const struct dg_wan_wire_member *m)
+{
+	return memchr(m->name, 0, sizeof(m->name)) && memchr(m->node, 0, sizeof(m->node)) &&
+	       memchr(m->dc, 0, sizeof(m->dc)) && memchr(m->addr, 0, sizeof(m->addr)) &&
+	       memchr(m->build, 0, sizeof(m->build));
+}
+
+static json_t *member_to_json(const struct dg_wan_wire_member *m)
+{
+	return json_pack("{s:s, s:s, s:s, s:s, s:i, s:i, s:I, s:s}", "Name", m->name, "Node",
+			 m->node, "Datacenter", m->dc, "Addr", m->addr, "Port", m->port, "Status",
+			 m->status, "Inc", (json_int_t)m->inc, "Build", m->build);
+}
+
+int dg_wan_members_encode(struct dg_buf *out, const struct dg_wan_wire_member *m, size_t n)
+{
+	if (n > DG_WAN_MAX_MEMBERS)
+		return DG_ETOOBIG;
+	/* refuse here what the peer's decoder would refuse, so the mistake shows on this side */
+	for (size_t i = 0; i < n; i++) {
+		if (!member_terminated(&m[i]) || !member_ok(&m[i], NULL, 0))
+			return DG_EINVAL;
+	}
+	json_t *arr = json_array();
+	if (!arr)
+		return DG_ENOMEM;
+	int rv = DG_ENOMEM;
+	for (size_t i = 0; i < n; i++) {
+		json_t *o = member_to_json(&m[i]);
+		if (!o || json_array_append_new(arr, o) != 0)
+			goto out_arr;
+	}
+	size_t start = out->len;
+	if ((rv = dump_json(out, arr, (size_t)-1)) != 0)
+		buf_truncate(out, start);
+out_arr:
+	json_decref(arr);
+	return rv;
+}

@@ -1,0 +1,1746 @@
+/* wan/wan.c: the WAN pool on port 8302 (see wan/wan.h for what it does).
+ *
+ * Links. Every server listens on one rep socket (mutual TLS, "server.*.<domain>" only). For
+ * every other server it knows it dials two req sockets: `ctl` for probes, push-pull and leave,
+ * `data` for forwarded requests, so that a probe never waits behind a large reply on the same
+ * TCP stream. Each dial checks the SAN server.<dc>.<domain> of the DC the member claims, so a
+ * request for DC x only ever leaves over a link whose far end proved it is a server of x.
+ *
+ * Liveness is each server's own view, from its own probes: a probe that times out is retried
+ * through up to two other servers (INDIRECT); only when those fail too is the member suspected,
+ * and a suspect that stays silent for SUSPECT_MS is failed. Probe timeouts follow each link's
+ * smoothed RTT and its variance. Failed members are still probed, so a healed partition heals
+ * the pool by itself. Push-pull spreads who exists, their addresses and incarnations, and who
+ * left; a server told it is suspect or failed at an incarnation >= its own raises its own
+ * (refutation), and PINGs to a suspect carry the suspicion so it can refute at once.
+ *
+ * Threads and locks. `mu` guards the member list, every peer's fields and the counters. nng's
+ * callbacks (aio completions, pipe events) and the timer thread take it; user callbacks
+ * (request replies, join results, the serve function) are always called without it. nng calls
+ * that may wait for callbacks (nng_close, dialer start) are made without it too. Peers are never
+ * freed before dg_wan_free(), so an op may keep a peer pointer. */
+#include "wan/wan.h"
+
+#include <nng/nng.h>
+#include <nng/protocol/reqrep0/rep.h>
+#include <nng/protocol/reqrep0/req.h>
+#include <nng/supplemental/tls/tls.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include "common/common.h"
+
+#define WAN "wan"
+#define RECV_MAX ((size_t)DG_WAN_MAX_MSG + 1024)
+#define SUSPECT_MS 6000	    /* a suspect silent this long is failed */
+#define PROBE_MIN_MS 250    /* no probe timeout below this */
+#define PROBE_MAX_MS 5000   /* nor above this */
+#define PROBE_FIRST_MS 2000 /* before the first RTT sample */
+#define FAILED_PROBE_MS 2000 /* failed members are probed this often */
+#define INDIRECT_N 2
+#define REQ_TIMEOUT_MS 10000
+#define JOIN_TIMEOUT_MS 5000
+#define RETRY_JOIN_MS 5000
+#define LEAVE_WAIT_MS 2000
+#define MAX_JOBS 8192 /* forwarded requests served at once */
+#define TICK_MS 100
+
+struct peer {
+	dg_wan *w;
+	struct dg_wan_wire_member m; /* status is our view; inc the highest seen */
+	nng_socket ctl, data;
+	nng_tls_config *tls;
+	bool open;	      /* sockets are open (and dialing) */
+	bool opening;	      /* the timer thread is opening them */
+	bool closing;	      /* left: the timer thread closes them */
+	int ctl_pipes, data_pipes;
+	bool have_rtt;
+	double srtt, rttvar;
+	uint64_t last_ok_ms; /* 0: never */
+	uint64_t suspect_since;
+	uint64_t next_probe_ms;
+	bool probing;
+	bool want_pushpull;
+	struct peer *next;
+};
+
+enum op_kind { OP_PROBE, OP_INDIRECT_ASK, OP_INDIRECT_PROBE, OP_PUSHPULL, OP_REQ, OP_JOIN, OP_LEAVE };
+
+struct indirect_round {
+	struct peer *target;
+	int pending;
+	bool any_ok;
+};
+
+struct op {
+	dg_wan *w;
+	nng_aio *aio;
+	nng_ctx ctx;
+	bool ctx_open;
+	enum op_kind kind;
+	int stage; /* 0: sending, 1: receiving */
+	struct peer *peer; /* the far end (NULL for a join's first contact) */
+	struct dg_buf msg;
+	uint64_t started_ms;
+	unsigned timeout_ms;
+	/* OP_INDIRECT_ASK */
+	struct indirect_round *round;
+	/* OP_INDIRECT_PROBE: the INDIRECT request we answer */
+	struct dg_wan_job *job;
+	/* OP_REQ */
+	bool retryable;
+	dg_wan_reply_fn cb;
+	void *arg;
+	struct peer *tried[8];
+	int ntried;
+	char dc[DG_WAN_LABEL_MAX];
+	/* OP_JOIN */
+	nng_socket tmp;
+	nng_tls_config *tmp_tls;
+	dg_wan_join_fn jcb;
+	void *jarg;
+	char addr[300];
+	bool retry_join; /* from the retry list: no callback */
+	struct op *prev, *next; /* in flight (mu) */
+};
+
+/* A request received on the rep socket; `dg_wan_job` to the serve function. */
+struct dg_wan_job {
+	dg_wan *w;
+	nng_ctx ctx;
+	nng_aio *aio;
+	int stage; /* 0: receiving, 1: sending, 2: working on it */
+	struct dg_wan_job *next; /* every job ever made, for dg_wan_free (mu) */
+};
+
+struct retry_addr {
+	char addr[300];
+	uint64_t next_ms;
+	bool in_flight;
+	struct retry_addr *next;
+};
+
+struct socket_to_close {
+	nng_socket s;
+	nng_tls_config *tls;
+	struct socket_to_close *next;
+};
+
+struct dg_wan {
+	struct dg_wan_config cfg;
+	char *bind, *advertise, *node, *dc, *build, *domain;
+	const struct dg_tls_policy *tls;
+	struct dg_wan_wire_member self;
+
+	pthread_mutex_t mu;
+	pthread_cond_t cond;
+	struct peer *peers;
+	size_t npeers;
+	struct op *in_flight;
+	struct retry_addr *retries;
+	struct socket_to_close *to_close;
+	struct dg_wan_job *all_jobs;
+	int jobs;
+	int leave_pending;
+	bool leaving, stopping;
+	struct dg_wan_stats stats;
+	dg_wan_serve_fn serve;
+	void *serve_arg;
+
+	nng_socket rep;
+	bool rep_open;
+	nng_listener listener;
+	nng_tls_config *listen_tls;
+	pthread_t timer;
+	bool timer_started;
+};
+
+static void op_cb(void *arg);
+static void job_cb(void *arg);
+
+/* ---- small helpers ---- */
+
+static uint64_t rand64(void)
+{
+	uint64_t r = 0;
+	if (getrandom(&r, sizeof(r), GRND_NONBLOCK) != sizeof(r))
+		r = dg_now_ms() * 2654435761u;
+	return r;
+}
+
+/* "host" or "host:port" (IPv6 in brackets) into a tls+tcp:// URL, port 8302 by default. */
+static int addr_url(const char *addr, char *url, size_t len)
+{
+	const char *colon = strrchr(addr, ':');
+	bool v6 = addr[0] == '[';
+	bool has_port = colon && (!v6 || (colon > strchr(addr, ']')));
+	int n = has_port ? snprintf(url, len, "tls+tcp://%s", addr)
+			 : snprintf(url, len, "tls+tcp://%s:8302", addr);
+	return n > 0 && (size_t)n < len && addr[0] ? 0 : DG_EINVAL;
+}
+
+static void member_url(const struct dg_wan_wire_member *m, char *url, size_t len)
+{
+	if (strchr(m->addr, ':'))
+		snprintf(url, len, "tls+tcp://[%s]:%d", m->addr, m->port);
+	else
+		snprintf(url, len, "tls+tcp://%s:%d", m->addr, m->port);
+}
+
+static struct peer *peer_find(dg_wan *w, const char *name)
+{
+	for (struct peer *p = w->peers; p; p = p->next)
+		if (strcmp(p->m.name, name) == 0)
+			return p;
+	return NULL;
+}
+
+static unsigned probe_timeout(const struct peer *p)
+{
+	if (!p->have_rtt)
+		return PROBE_FIRST_MS;
+	double t = p->srtt + (4 * p->rttvar > p->srtt / 2 ? 4 * p->rttvar : p->srtt / 2) + 50;
+	if (t < PROBE_MIN_MS)
+		t = PROBE_MIN_MS;
+	if (t > PROBE_MAX_MS)
+		t = PROBE_MAX_MS;
+	return (unsigned)t;
+}
+
+static void rtt_sample(struct peer *p, double ms)
+{
+	if (!p->have_rtt) {
+		p->srtt = ms;
+		p->rttvar = ms / 2;
+		p->have_rtt = true;
+		return;
+	}
+	double err = ms - p->srtt;
+	p->srtt += err / 8;
+	p->rttvar += ((err < 0 ? -err : err) - p->rttvar) / 4;
+}
+
+static const char *status_name(int s)
+{
+	switch (s) {
+	case DG_WAN_ALIVE:
+		return "alive";
+	case DG_WAN_LEAVING:
+		return "leaving";
+	case DG_WAN_LEFT:
+		return "left";
+	case DG_WAN_FAILED:
+		return "failed";
+	case DG_WAN_SUSPECT:
+		return "suspect";
+	default:
+		return "unknown";
+	}
+}
+
+/* ---- ops: one request/reply on a req context ---- */
+
+static struct op *op_new(dg_wan *w, enum op_kind kind, struct peer *p)
+{
+	struct op *o = calloc(1, sizeof(*o));
+	if (!o)
+		return NULL;
+	if (nng_aio_alloc(&o->aio, op_cb, o) != 0) {
+		free(o);
+		return NULL;
+	}
+	o->w = w;
+	o->kind = kind;
+	o->peer = p;
+	o->started_ms = dg_now_ms();
+	dg_buf_init(&o->msg);
+	return o;
+}
+
+/* Frees an op; may run inside its own aio callback (the aio is reaped in the background). */
+static void op_free(struct op *o)
+{
+	if (o->ctx_open)
+		nng_ctx_close(o->ctx);
+	nng_aio_reap(o->aio);
+	dg_buf_fini(&o->msg);
+	free(o);
+}
+
+static void inflight_add(dg_wan *w, struct op *o)
+{
+	o->prev = NULL;
+	o->next = w->in_flight;
+	if (w->in_flight)
+		w->in_flight->prev = o;
+	w->in_flight = o;
+	w->stats.in_flight += o->kind == OP_REQ;
+}
+
+static void inflight_del(dg_wan *w, struct op *o)
+{
+	if (o->prev)
+		o->prev->next = o->next;
+	else if (w->in_flight == o)
+		w->in_flight = o->next;
+	if (o->next)
+		o->next->prev = o->prev;
+	o->prev = o->next = NULL;
+	w->stats.in_flight -= o->kind == OP_REQ;
+}
+
+/* Sends o->msg on sock; the reply (or error) comes to op_done(). Without mu. */
+static void op_start(struct op *o, nng_socket sock)
+{
+	nng_msg *m = NULL;
+	int rv;
+	if (o->ctx_open) {
+		nng_ctx_close(o->ctx);
+		o->ctx_open = false;
+	}
+	if ((rv = nng_ctx_open(&o->ctx, sock)) == 0) {
+		o->ctx_open = true;
+		rv = nng_msg_alloc(&m, 0);
+		if (rv == 0)
+			rv = nng_msg_append(m, o->msg.data, o->msg.len);
+	}
+	if (rv != 0) {
+		if (m)
+			nng_msg_free(m);
+		if (o->ctx_open) {
+			nng_ctx_close(o->ctx);
+			o->ctx_open = false;
+		}
+		/* complete through the callback so every op ends one way */
+		nng_aio_set_msg(o->aio, NULL);
+		o->stage = 0;
+		nng_aio_set_timeout(o->aio, 1);
+		nng_sleep_aio(0, o->aio);
+		return;
+	}
+	o->stage = 0;
+	nng_aio_set_msg(o->aio, m);
+	nng_aio_set_timeout(o->aio, (nng_duration)o->timeout_ms);
+	nng_ctx_send(o->ctx, o->aio);
+}
+
+static void op_done(struct op *o, int err, const struct dg_wan_msg *reply);
+
+static int nng_to_dg(int rv)
+{
+	switch (rv) {
+	case NNG_ETIMEDOUT:
+		return DG_ETIMEDOUT;
+	case NNG_ECLOSED:
+		return DG_ESHUTDOWN;
+	case NNG_ENOMEM:
+		return DG_ENOMEM;
+	default:
+		return DG_EIO;
+	}
+}
+
+static void op_cb(void *arg)
+{
+	struct op *o = arg;
+	int rv = nng_aio_result(o->aio);
+	if (o->stage == 0) {
+		if (rv != 0) {
+			nng_msg *m = nng_aio_get_msg(o->aio);
+			if (m)
+				nng_msg_free(m);
+			op_done(o, nng_to_dg(rv), NULL);
+			return;
+		}
+		if (!o->ctx_open) { /* the sleep that reports a failed start */
+			op_done(o, DG_EIO, NULL);
+			return;
+		}
+		o->stage = 1;
+		uint64_t spent = dg_now_ms() - o->started_ms;
+		unsigned left = o->timeout_ms > spent ? o->timeout_ms - (unsigned)spent : 1;
+		nng_aio_set_timeout(o->aio, (nng_duration)left);
+		nng_ctx_recv(o->ctx, o->aio);
+		return;
+	}
+	if (rv != 0) {
+		op_done(o, nng_to_dg(rv), NULL);
+		return;
+	}
+	nng_msg *m = nng_aio_get_msg(o->aio);
+	struct dg_wan_msg reply;
+	char why[160];
+	if (dg_wan_msg_decode(nng_msg_body(m), nng_msg_len(m), &reply, why, sizeof(why)) != 0) {
+		DG_LOGW(WAN, "bad reply from %s: %s; closing the link",
+			o->peer ? o->peer->m.name : o->addr, why);
+		nng_pipe_close(nng_msg_get_pipe(m));
+		nng_msg_free(m);
+		pthread_mutex_lock(&o->w->mu);
+		o->w->stats.bad_messages++;
+		pthread_mutex_unlock(&o->w->mu);
+		op_done(o, DG_EIO, NULL);
+		return;
+	}
+	op_done(o, 0, &reply);
+	dg_wan_msg_fini(&reply);
+	nng_msg_free(m);
+}
+
+/* ---- sockets to peers ---- */
+
+static void pipe_cb(nng_pipe pipe, nng_pipe_ev ev, void *arg)
+{
+	struct peer *p = arg;
+	dg_wan *w = p->w;
+	nng_socket s = nng_pipe_socket(pipe);
+	bool is_data = nng_socket_id(s) == nng_socket_id(p->data);
+	struct op *cancel[64];
+	int ncancel = 0;
+	pthread_mutex_lock(&w->mu);
+	int *count = is_data ? &p->data_pipes : &p->ctl_pipes;
+	if (ev == NNG_PIPE_EV_ADD_POST) {
+		(*count)++;
+		if (!is_data)
+			p->want_pushpull = true; /* a new link: swap views at once */
+	} else if (ev == NNG_PIPE_EV_REM_POST && *count > 0) {
+		(*count)--;
+		/* nng's req would send these again on the next link to the same server; a request
+		 * that may have been applied must not be, so it ends here with an error */
+		if (is_data)
+			for (struct op *o = w->in_flight; o && ncancel < 64; o = o->next)
+				if (o->kind == OP_REQ && o->peer == p && !o->retryable)
+					cancel[ncancel++] = o;
+	}
+	for (int i = 0; i < ncancel; i++)
+		nng_aio_cancel(cancel[i]->aio); /* completes later, on an nng thread */
+	pthread_mutex_unlock(&w->mu);
+}
+
+/* Opens p's two sockets and starts dialing. Timer thread, without mu. */
+static void peer_open(dg_wan *w, struct peer *p)
+{
+	char url[400], err[512];
+	nng_tls_config *tls = NULL;
+	nng_socket ctl = NNG_SOCKET_INITIALIZER, data = NNG_SOCKET_INITIALIZER;
+	nng_dialer d;
+	int rv;
+	struct dg_wan_wire_member m;
+	pthread_mutex_lock(&w->mu);
+	m = p->m;
+	pthread_mutex_unlock(&w->mu);
+	member_url(&m, url, sizeof(url));
+	if (dg_tls_dialer_config(w->tls, m.dc, &tls, err, sizeof(err)) != 0) {
+		DG_LOGW(WAN, "cannot dial %s: %s", m.name, err);
+		goto fail;
+	}
+	nng_socket *socks[2] = {&ctl, &data};
+	for (int i = 0; i < 2; i++) {
+		nng_socket *s = socks[i];
+		if ((rv = nng_req0_open(s)) != 0 ||
+		    (rv = nng_socket_set_size(*s, NNG_OPT_RECVMAXSZ, RECV_MAX)) != 0 ||
+		    (rv = nng_socket_set_ms(*s, NNG_OPT_REQ_RESENDTIME, NNG_DURATION_INFINITE)) !=
+			0 ||
+		    (rv = nng_socket_set_ms(*s, NNG_OPT_RECONNMINT, 100)) != 0 ||
+		    (rv = nng_socket_set_ms(*s, NNG_OPT_RECONNMAXT, 2000)) != 0 ||
+		    (rv = nng_pipe_notify(*s, NNG_PIPE_EV_ADD_POST, pipe_cb, p)) != 0 ||
+		    (rv = nng_pipe_notify(*s, NNG_PIPE_EV_REM_POST, pipe_cb, p)) != 0 ||
+		    (rv = nng_dialer_create(&d, *s, url)) != 0 ||
+		    (rv = nng_dialer_set_ptr(d, NNG_OPT_TLS_CONFIG, tls)) != 0 ||
+		    (rv = nng_dialer_start(d, NNG_FLAG_NONBLOCK)) != 0) {
+			DG_LOGW(WAN, "cannot dial %s at %s: %s", m.name, url, nng_strerror(rv));
+			goto fail;
+		}
+	}
+	pthread_mutex_lock(&w->mu);
+	p->ctl = ctl;
+	p->data = data;
+	p->tls = tls;
+	p->open = true;
+	p->opening = false;
+	pthread_mutex_unlock(&w->mu);
+	DG_LOGD(WAN, "dialing %s at %s", m.name, url);
+	return;
+fail:
+	if (nng_socket_id(ctl) > 0)
+		nng_close(ctl);
+	if (nng_socket_id(data) > 0)
+		nng_close(data);
+	if (tls)
+		nng_tls_config_free(tls);
+	pthread_mutex_lock(&w->mu);
+	p->opening = false;
+	pthread_mutex_unlock(&w->mu);
+}
+
+static struct peer *peer_add(dg_wan *w, const struct dg_wan_wire_member *m)
+{
+	if (w->npeers >= DG_WAN_MAX_MEMBERS)
+		return NULL;
+	struct peer *p = calloc(1, sizeof(*p));
+	if (!p)
+		return NULL;
+	p->w = w;
+	p->m = *m;
+	p->ctl = p->data = (nng_socket)NNG_SOCKET_INITIALIZER;
+	p->next_probe_ms = dg_now_ms();
+	p->next = w->peers;
+	w->peers = p;
+	w->npeers++;
+	DG_LOGI(WAN, "member %s at %s:%d joined the WAN pool", m->name, m->addr, m->port);
+	return p;
+}
+
+static void mark_left(dg_wan *w, struct peer *p, uint64_t inc)
+{
+	if (p->m.status == DG_WAN_LEFT)
+		return;
+	p->m.status = DG_WAN_LEFT;
+	if (inc > p->m.inc)
+		p->m.inc = inc;
+	p->closing = p->open;
+	DG_LOGI(WAN, "member %s left the WAN pool", p->m.name);
+}
+
+/* Merges members heard from another server into our view. With mu held. */
+static void merge(dg_wan *w, const struct dg_wan_wire_member *in, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		const struct dg_wan_wire_member *x = &in[i];
+		if (strcmp(x->name, w->self.name) == 0) {
+			bool bad = x->status == DG_WAN_SUSPECT || x->status == DG_WAN_FAILED ||
+				   (x->status == DG_WAN_LEFT && !w->leaving);
+			if (bad && x->inc >= w->self.inc) {
+				w->self.inc = x->inc + 1;
+				w->stats.refutations++;
+				DG_LOGI(WAN, "refuting %s about this server: incarnation now %llu",
+					status_name(x->status), (unsigned long long)w->self.inc);
+			}
+			continue;
+		}
+		struct peer *p = peer_find(w, x->name);
+		if (!p) {
+			if (x->status == DG_WAN_LEFT || x->status == DG_WAN_LEAVING)
+				continue;
+			struct dg_wan_wire_member m = *x;
+			/* liveness is ours to judge: start hopeful and probe */
+			m.status = DG_WAN_ALIVE;
+			peer_add(w, &m);
+			continue;
+		}
+		if (x->inc > p->m.inc) {
+			p->m.inc = x->inc;
+			snprintf(p->m.build, sizeof(p->m.build), "%s", x->build);
+			if (x->status == DG_WAN_LEFT)
+				mark_left(w, p, x->inc);
+			else if (p->m.status == DG_WAN_LEFT) {
+				p->m.status = DG_WAN_ALIVE; /* back with a newer incarnation */
+				p->suspect_since = 0;
+				DG_LOGI(WAN, "member %s rejoined the WAN pool", p->m.name);
+			}
+		} else if (x->inc == p->m.inc && x->status == DG_WAN_LEFT) {
+			mark_left(w, p, x->inc);
+		}
+	}
+}
+
+/* Our view, self first, as wire members (caller frees). With mu held. */
+static struct dg_wan_wire_member *view(dg_wan *w, size_t *n)
+{
+	struct dg_wan_wire_member *v = calloc(w->npeers + 1, sizeof(*v));
+	if (!v) {
+		*n = 0;
+		return NULL;
+	}
+	size_t k = 0;
+	v[k] = w->self;
+	v[k++].status = w->leaving ? DG_WAN_LEFT : DG_WAN_ALIVE;
+	for (struct peer *p = w->peers; p; p = p->next)
+		v[k++] = p->m;
+	*n = k;
+	return v;
+}
+
+static json_t *from_hdr(dg_wan *w)
+{
+	return json_pack("{s:s, s:I}", "From", w->self.name, "Inc", (json_int_t)w->self.inc);
+}
+
+/* Encodes a PUSHPULL (request or answer) with our view into out. With mu held. */
+static int encode_pushpull(dg_wan *w, struct dg_buf *out)
+{
+	size_t n;
+	struct dg_wan_wire_member *v = view(w, &n);
+	struct dg_buf body;
+	dg_buf_init(&body);
+	int rv = v ? dg_wan_members_encode(&body, v, n) : DG_ENOMEM;
+	free(v);
+	if (rv == 0) {
+		json_t *h = from_hdr(w);
+		rv = dg_wan_msg_encode(out, DG_WAN_PUSHPULL, h, body.data, body.len);
+		json_decref(h);
+	}
+	dg_buf_fini(&body);
+	return rv;
+}
+
+static int merge_pushpull(dg_wan *w, const struct dg_wan_msg *m, char *why, size_t len)
+{
+	struct dg_wan_wire_member *in = NULL;
+	size_t n = 0;
+	int rv = dg_wan_members_decode(m->body, m->body_len, &in, &n, why, len);
+	if (rv == 0) {
+		pthread_mutex_lock(&w->mu);
+		merge(w, in, n);
+		pthread_mutex_unlock(&w->mu);
+	}
+	free(in);
+	return rv;
+}
+
+/* ---- probes ---- */
+
+static void suspect(dg_wan *w, struct peer *p)
+{
+	if (p->m.status != DG_WAN_ALIVE)
+		return;
+	p->m.status = DG_WAN_SUSPECT;
+	p->suspect_since = dg_now_ms();
+	w->stats.suspicions++;
+	DG_LOGW(WAN, "member %s is suspect: no answer to a probe (timeout %u ms) nor through "
+		     "other servers",
+		p->m.name, probe_timeout(p));
+}
+
+static void probe_ok(dg_wan *w, struct peer *p, uint64_t started, const struct dg_wan_msg *r)
+{
+	uint64_t now = dg_now_ms();
+	rtt_sample(p, (double)(now - started));
+	p->last_ok_ms = now;
+	json_t *inc = r ? json_object_get(r->hdr, "Inc") : NULL;
+	if (json_is_integer(inc) && (uint64_t)json_integer_value(inc) > p->m.inc)
+		p->m.inc = (uint64_t)json_integer_value(inc);
+	if (p->m.status == DG_WAN_SUSPECT || p->m.status == DG_WAN_FAILED) {
+		DG_LOGI(WAN, "member %s is alive again (was %s)", p->m.name,
+			status_name(p->m.status));
+		p->m.status = DG_WAN_ALIVE;
+	}
+	p->suspect_since = 0;
+}
+
+static json_t *ping_hdr(dg_wan *w, const struct peer *p)
+{
+	json_t *h = from_hdr(w);
+	if (p->m.status == DG_WAN_SUSPECT || p->m.status == DG_WAN_FAILED) {
+		/* tell it, so it can refute */
+		json_object_set_new(h, "Suspect", json_true());
+		json_object_set_new(h, "TargetInc", json_integer((json_int_t)p->m.inc));
+	}
+	return h;
+}
+
+/* Starts a probe of p. With mu held; returns the op to start after unlocking, or NULL. */
+static struct op *probe_prepare(dg_wan *w, struct peer *p)
+{
+	struct op *o = op_new(w, OP_PROBE, p);
+	if (!o)
+		return NULL;
+	json_t *h = ping_hdr(w, p);
+	int rv = dg_wan_msg_encode(&o->msg, DG_WAN_PING, h, NULL, 0);
+	json_decref(h);
+	if (rv != 0) {
+		op_free(o);
+		return NULL;
+	}
+	o->timeout_ms = probe_timeout(p);
+	p->probing = true;
+	w->stats.probes++;
+	inflight_add(w, o);
+	return o;
+}
+
+static void indirect_finish(dg_wan *w, struct indirect_round *r)
+{
+	struct peer *p = r->target;
+	if (r->any_ok) {
+		p->last_ok_ms = dg_now_ms();
+		if (p->m.status == DG_WAN_SUSPECT) {
+			p->m.status = DG_WAN_ALIVE;
+			p->suspect_since = 0;
+		}
+	} else {
+		suspect(w, p);
+	}
+	p->probing = false;
+	free(r);
+}
+
+static void probe_done(struct op *o, int err, const struct dg_wan_msg *reply)
+{
+	dg_wan *w = o->w;
+	struct peer *p = o->peer;
+	struct op *asks[INDIRECT_N];
+	int nasks = 0;
+	pthread_mutex_lock(&w->mu);
+	if (err == 0 && reply && reply->type == DG_WAN_PONG) {
+		probe_ok(w, p, o->started_ms, reply);
+		p->probing = false;
+	} else if (w->stopping || p->m.status == DG_WAN_LEFT) {
+		p->probing = false;
+	} else {
+		w->stats.probe_timeouts++;
+		/* ask up to INDIRECT_N other linked, alive servers to try */
+		struct indirect_round *r = calloc(1, sizeof(*r));
+		if (r) {
+			r->target = p;
+			for (struct peer *q = w->peers; q && nasks < INDIRECT_N; q = q->next) {
+				if (q == p || q->m.status != DG_WAN_ALIVE || q->ctl_pipes == 0)
+					continue;
+				struct op *a = op_new(w, OP_INDIRECT_ASK, q);
+				if (!a)
+					break;
+				char addr[300];
+				snprintf(addr, sizeof(addr), "%s:%d", p->m.addr, p->m.port);
+				json_t *h = json_pack("{s:s, s:s, s:i}", "Target", p->m.name, "Addr",
+						      addr, "TimeoutMs", (int)probe_timeout(p));
+				int rv = dg_wan_msg_encode(&a->msg, DG_WAN_INDIRECT, h, NULL, 0);
+				json_decref(h);
+				if (rv != 0) {
+					op_free(a);
+					break;
+				}
+				/* the helper's own probe plus the round trip to it */
+				a->timeout_ms = probe_timeout(p) + probe_timeout(q);
+				a->round = r;
+				r->pending++;
+				inflight_add(w, a);
+				asks[nasks++] = a;
+			}
+			if (nasks == 0)
+				indirect_finish(w, r);
+		} else {
+			suspect(w, p);
+			p->probing = false;
+		}
+	}
+	pthread_mutex_unlock(&w->mu);
+	for (int i = 0; i < nasks; i++)
+		op_start(asks[i], asks[i]->peer->ctl);
+}
+
+/* ---- the rep side: requests from other servers ---- */
+
+static void job_send(struct dg_wan_job *j, struct dg_buf *msg)
+{
+	nng_msg *m = NULL;
+	if (nng_msg_alloc(&m, 0) != 0 || nng_msg_append(m, msg->data, msg->len) != 0) {
+		if (m)
+			nng_msg_free(m);
+		/* no reply: the asker times out; take the next request */
+		j->stage = 0;
+		nng_ctx_recv(j->ctx, j->aio);
+		return;
+	}
+	j->stage = 1;
+	nng_aio_set_msg(j->aio, m);
+	nng_ctx_send(j->ctx, j->aio);
+}
+
+void dg_wan_reply(struct dg_wan_job *j, enum dg_wan_type type, json_t *hdr, const void *body,
+		  size_t len)
+{
+	struct dg_buf out;
+	dg_buf_init(&out);
+	if (dg_wan_msg_encode(&out, type, hdr, body, len) != 0) {
+		json_t *e = json_pack("{s:s}", "Error", "reply too large for the WAN");
+		dg_buf_fini(&out);
+		dg_buf_init(&out);
+		dg_wan_msg_encode(&out, DG_WAN_ERROR, e, NULL, 0);
+		json_decref(e);
+	}
+	job_send(j, &out);
+	dg_buf_fini(&out);
+}
+
+static void reply_error(struct dg_wan_job *j, const char *text)
+{
+	json_t *e = json_pack("{s:s}", "Error", text);
+	dg_wan_reply(j, DG_WAN_ERROR, e, NULL, 0);
+	json_decref(e);
+}
+
+/* Starts one more receiving job, so that a job kept for a while does not stop the socket from
+ * taking requests. Without mu. */
+static int job_spawn(dg_wan *w)
+{
+	struct dg_wan_job *j = calloc(1, sizeof(*j));
+	if (!j)
+		return DG_ENOMEM;
+	j->w = w;
+	if (nng_aio_alloc(&j->aio, job_cb, j) != 0) {
+		free(j);
+		return DG_ENOMEM;
+	}
+	if (nng_ctx_open(&j->ctx, w->rep) != 0) {
+		nng_aio_free(j->aio);
+		free(j);
+		return DG_EIO;
+	}
+	pthread_mutex_lock(&w->mu);
+	w->jobs++;
+	j->next = w->all_jobs;
+	w->all_jobs = j;
+	pthread_mutex_unlock(&w->mu);
+	j->stage = 0;
+	nng_ctx_recv(j->ctx, j->aio);
+	return 0;
+}
+
+/* The DC a message claims ("From" or "Name": "<node>.<dc>") must be the one in the TLS
+ * certificate of the link it came on. */
+static bool claim_matches(nng_msg *m, const struct dg_wan_msg *d, char *why, size_t len)
+{
+	json_t *from = json_object_get(d->hdr, "From");
+	if (!from)
+		from = json_object_get(d->hdr, "Name");
+	if (!json_is_string(from))
+		return true; /* nothing claimed */
+	const char *name = json_string_value(from);
+	const char *dot = strrchr(name, '.');
+	nng_sockaddr sa;
+	char role[32] = "", dc[DG_WAN_LABEL_MAX] = "";
+	if (nng_pipe_get_addr(nng_msg_get_pipe(m), NNG_OPT_REMADDR, &sa) != 0 ||
+	    dg_tls_peer_identity(&sa, role, sizeof(role), dc, sizeof(dc)) != 0)
+		return true; /* not known by address (should not happen on a verified link) */
+	if (!dot || strcmp(dot + 1, dc) != 0) {
+		snprintf(why, len, "it claims to be %s but its certificate is for datacenter %s",
+			 name, dc);
+		return false;
+	}
+	return true;
+}
+
+static void job_handle(struct dg_wan_job *j, nng_msg *m)
+{
+	dg_wan *w = j->w;
+	struct dg_wan_msg d;
+	char why[256];
+	size_t len = nng_msg_len(m);
+	const char *body = nng_msg_body(m);
+	if (len == 4 && memcmp(body, "ping", 4) == 0) {
+		/* `dcgate wan ping`: who answers, and who it sees dialing */
+		char role[32] = "", dc[128] = "", buf[700];
+		nng_sockaddr remote;
+		if (nng_pipe_get_addr(nng_msg_get_pipe(m), NNG_OPT_REMADDR, &remote) == 0)
+			dg_tls_peer_identity(&remote, role, sizeof(role), dc, sizeof(dc));
+		int n = snprintf(buf, sizeof(buf),
+				 "{\"Node\":\"%s\",\"Datacenter\":\"%s\",\"PeerRole\":\"%s\","
+				 "\"PeerDatacenter\":\"%s\"}",
+				 w->node, w->dc, role, dc);
+		nng_msg_clear(m);
+		if (n > 0 && (size_t)n < sizeof(buf))
+			nng_msg_append(m, buf, (size_t)n);
+		j->stage = 1;
+		nng_aio_set_msg(j->aio, m);
+		nng_ctx_send(j->ctx, j->aio);
+		return;
+	}
+	if (dg_wan_msg_decode(body, len, &d, why, sizeof(why)) != 0 ||
+	    !claim_matches(m, &d, why, sizeof(why))) {
+		nng_sockaddr sa;
+		char from[96] = "unknown";
+		if (nng_pipe_get_addr(nng_msg_get_pipe(m), NNG_OPT_REMADDR, &sa) == 0 &&
+		    sa.s_family == NNG_AF_INET) {
+			const uint8_t *a = (const uint8_t *)&sa.s_in.sa_addr;
+			snprintf(from, sizeof(from), "%u.%u.%u.%u:%u", a[0], a[1], a[2], a[3],
+				 (unsigned)((sa.s_in.sa_port >> 8) | ((sa.s_in.sa_port & 0xff) << 8)));
+		}
+		DG_LOGW(WAN, "closing the link from %s: %s", from, why);
+		pthread_mutex_lock(&w->mu);
+		w->stats.bad_messages++;
+		pthread_mutex_unlock(&w->mu);
+		if (d.hdr)
+			dg_wan_msg_fini(&d);
+		nng_pipe_close(nng_msg_get_pipe(m));
+		nng_msg_free(m);
+		j->stage = 0;
+		nng_ctx_recv(j->ctx, j->aio);
+		return;
+	}
+	switch (d.type) {
+	case DG_WAN_PING: {
+		json_t *s = json_object_get(d.hdr, "Suspect");
+		json_t *ti = json_object_get(d.hdr, "TargetInc");
+		pthread_mutex_lock(&w->mu);
+		if (json_is_true(s) && json_is_integer(ti) &&
+		    (uint64_t)json_integer_value(ti) >= w->self.inc) {
+			w->self.inc = (uint64_t)json_integer_value(ti) + 1;
+			w->stats.refutations++;
+			DG_LOGI(WAN, "a server suspects this one: refuting with incarnation %llu",
+				(unsigned long long)w->self.inc);
+		}
+		json_t *h = from_hdr(w);
+		pthread_mutex_unlock(&w->mu);
+		dg_wan_reply(j, DG_WAN_PONG, h, NULL, 0);
+		json_decref(h);
+		break;
+	}
+	case DG_WAN_PUSHPULL: {
+		if (merge_pushpull(w, &d, why, sizeof(why)) != 0) {
+			DG_LOGW(WAN, "bad member list from %s: %s",
+				json_string_value(json_object_get(d.hdr, "From")), why);
+			reply_error(j, why);
+			break;
+		}
+		struct dg_buf out;
+		dg_buf_init(&out);
+		pthread_mutex_lock(&w->mu);
+		int rv = encode_pushpull(w, &out);
+		pthread_mutex_unlock(&w->mu);
+		if (rv == 0)
+			job_send(j, &out);
+		else
+			reply_error(j, "cannot encode the member list");
+		dg_buf_fini(&out);
+		break;
+	}
+	case DG_WAN_LEAVE: {
+		json_t *name = json_object_get(d.hdr, "Name");
+		json_t *inc = json_object_get(d.hdr, "Inc");
+		pthread_mutex_lock(&w->mu);
+		struct peer *p = json_is_string(name) ? peer_find(w, json_string_value(name)) : NULL;
+		if (p)
+			mark_left(w, p, json_is_integer(inc) ? (uint64_t)json_integer_value(inc) : 0);
+		pthread_mutex_unlock(&w->mu);
+		dg_wan_reply(j, DG_WAN_ACK, NULL, NULL, 0);
+		break;
+	}
+	case DG_WAN_INDIRECT: {
+		json_t *t = json_object_get(d.hdr, "Target");
+		json_t *to = json_object_get(d.hdr, "TimeoutMs");
+		struct op *o = NULL;
+		pthread_mutex_lock(&w->mu);
+		struct peer *p = json_is_string(t) ? peer_find(w, json_string_value(t)) : NULL;
+		if (p && p->open && p->m.status != DG_WAN_LEFT && (o = op_new(w, OP_INDIRECT_PROBE, p))) {
+			json_t *h = from_hdr(w);
+			if (dg_wan_msg_encode(&o->msg, DG_WAN_PING, h, NULL, 0) != 0) {
+				op_free(o);
+				o = NULL;
+			}
+			json_decref(h);
+		}
+		if (o) {
+			int64_t ms = json_is_integer(to) ? json_integer_value(to) : PROBE_FIRST_MS;
+			o->timeout_ms = ms < PROBE_MIN_MS ? PROBE_MIN_MS
+				      : ms > PROBE_MAX_MS ? PROBE_MAX_MS
+							  : (unsigned)ms;
+			o->job = j;
+			inflight_add(w, o);
+		}
+		nng_socket ctl = p ? p->ctl : (nng_socket)NNG_SOCKET_INITIALIZER;
+		pthread_mutex_unlock(&w->mu);
+		if (!o) {
+			json_t *h = json_pack("{s:b}", "Ok", 0);
+			dg_wan_reply(j, DG_WAN_ACK, h, NULL, 0);
+			json_decref(h);
+			break;
+		}
+		j->stage = 2;
+		job_spawn(w);
+		op_start(o, ctl);
+		break;
+	}
+	case DG_WAN_HTTP: {
+		pthread_mutex_lock(&w->mu);
+		dg_wan_serve_fn fn = w->serve;
+		void *arg = w->serve_arg;
+		bool busy = w->jobs >= MAX_JOBS;
+		pthread_mutex_unlock(&w->mu);
+		if (!fn || busy) {
+			reply_error(j, fn ? "too many forwarded requests in progress"
+					  : "this server does not serve forwarded requests yet");
+			break;
+		}
+		j->stage = 2;
+		job_spawn(w);
+		fn(arg, j, &d);
+		break;
+	}
+	default: {
+		char text[96];
+		snprintf(text, sizeof(text), "unexpected message %s", dg_wan_type_name(d.type));
+		reply_error(j, text);
+		break;
+	}
+	}
+	dg_wan_msg_fini(&d);
+	nng_msg_free(m);
+}
+
+static void job_cb(void *arg)
+{
+	struct dg_wan_job *j = arg;
+	dg_wan *w = j->w;
+	int rv = nng_aio_result(j->aio);
+	if (rv == NNG_ECLOSED)
+		return; /* the socket is closing: dg_wan_free reaps jobs */
+	if (j->stage == 1) {
+		if (rv != 0) {
+			nng_msg *m = nng_aio_get_msg(j->aio);
+			if (m)
+				nng_msg_free(m);
+		}
+		/* a job that was spawned around keeps receiving: the count of receivers is the
+		 * most requests ever held at once, bounded by MAX_JOBS */
+		j->stage = 0;
+		nng_ctx_recv(j->ctx, j->aio);
+		return;
+	}
+	if (rv != 0) {
+		bool stopping;
+		pthread_mutex_lock(&w->mu);
+		stopping = w->stopping;
+		pthread_mutex_unlock(&w->mu);
+		if (!stopping)
+			nng_ctx_recv(j->ctx, j->aio);
+		return;
+	}
+	nng_msg *m = nng_aio_get_msg(j->aio);
+	if (nng_msg_len(m) > DG_WAN_MAX_MSG) {
+		nng_msg_free(m);
+		nng_ctx_recv(j->ctx, j->aio);
+		return;
+	}
+	job_handle(j, m);
+}
+
+/* ---- op completions ---- */
+
+static int peer_rank(const struct peer *p)
+{
+	return p->have_rtt ? (int)(p->srtt * 1000) : 1 << 30;
+}
+
+/* The nearest linked, alive (or suspect) server of dc not yet tried. With mu held. */
+static struct peer *pick(dg_wan *w, const char *dc, struct peer *const *tried, int ntried,
+			 bool *known)
+{
+	struct peer *best = NULL;
+	*known = false;
+	for (struct peer *p = w->peers; p; p = p->next) {
+		if (strcmp(p->m.dc, dc) != 0 || p->m.status == DG_WAN_LEFT)
+			continue;
+		*known = true;
+		if (p->m.status == DG_WAN_FAILED || p->data_pipes == 0)
+			continue;
+		bool seen = false;
+		for (int i = 0; i < ntried; i++)
+			seen |= tried[i] == p;
+		if (seen)
+			continue;
+		if (!best || peer_rank(p) < peer_rank(best))
+			best = p;
+	}
+	return best;
+}
+
+static void req_done(struct op *o, int err, const struct dg_wan_msg *reply)
+{
+	dg_wan *w = o->w;
+	pthread_mutex_lock(&w->mu);
+	if (err == 0 && o->peer)
+		o->peer->last_ok_ms = dg_now_ms();
+	/* retry elsewhere only what may safely run twice, and only within the time left */
+	if (err != 0 && err != DG_ESHUTDOWN && o->retryable && !w->stopping && o->ntried < 8 &&
+	    dg_now_ms() - o->started_ms < o->timeout_ms) {
+		bool known;
+		struct peer *next = pick(w, o->dc, o->tried, o->ntried, &known);
+		if (next) {
+			o->tried[o->ntried++] = next;
+			o->peer = next;
+			nng_socket s = next->data;
+			pthread_mutex_unlock(&w->mu);
+			DG_LOGD(WAN, "request to %s failed (%s); trying %s", o->dc, dg_strerror(err),
+				next->m.name);
+			op_start(o, s);
+			return;
+		}
+	}
+	inflight_del(w, o);
+	w->stats.request_errors += err != 0;
+	if (err != 0 && w->stopping)
+		err = DG_ESHUTDOWN; /* closing our sockets ended it, whatever nng called it */
+	pthread_mutex_unlock(&w->mu);
+	o->cb(o->arg, err, reply);
+	op_free(o);
+}
+
+static void join_finish(struct op *o, int err, const char *msg)
+{
+	dg_wan *w = o->w;
+	struct socket_to_close *c = calloc(1, sizeof(*c));
+	pthread_mutex_lock(&w->mu);
+	inflight_del(w, o);
+	if (c) { /* nng_close() waits for callbacks like this one: the timer thread does it */
+		c->s = o->tmp;
+		c->tls = o->tmp_tls;
+		c->next = w->to_close;
+		w->to_close = c;
+	}
+	for (struct retry_addr *r = w->retries; r; r = r->next)
+		if (o->retry_join && strcmp(r->addr, o->addr) == 0) {
+			r->in_flight = false;
+			if (err == 0)
+				r->next_ms = UINT64_MAX; /* done */
+			else
+				r->next_ms = dg_now_ms() + RETRY_JOIN_MS;
+		}
+	pthread_mutex_unlock(&w->mu);
+	if (err == 0)
+		DG_LOGI(WAN, "joined the WAN pool through %s", o->addr);
+	else
+		DG_LOGW(WAN, "WAN join through %s failed: %s", o->addr, msg);
+	if (o->jcb)
+		o->jcb(o->jarg, err, msg);
+	op_free(o);
+}
+
+static void op_done(struct op *o, int err, const struct dg_wan_msg *reply)
+{
+	dg_wan *w = o->w;
+	char why[256];
+	switch (o->kind) {
+	case OP_PROBE:
+		pthread_mutex_lock(&w->mu);
+		inflight_del(w, o);
+		pthread_mutex_unlock(&w->mu);
+		probe_done(o, err, reply);
+		op_free(o);
+		return;
+	case OP_INDIRECT_ASK: {
+		pthread_mutex_lock(&w->mu);
+		inflight_del(w, o);
+		struct indirect_round *r = o->round;
+		if (err == 0 && reply && reply->type == DG_WAN_ACK &&
+		    json_is_true(json_object_get(reply->hdr, "Ok")))
+			r->any_ok = true;
+		if (--r->pending == 0)
+			indirect_finish(w, r);
+		pthread_mutex_unlock(&w->mu);
+		op_free(o);
+		return;
+	}
+	case OP_INDIRECT_PROBE: {
+		bool ok = err == 0 && reply && reply->type == DG_WAN_PONG;
+		pthread_mutex_lock(&w->mu);
+		inflight_del(w, o);
+		if (ok)
+			probe_ok(w, o->peer, o->started_ms, reply);
+		pthread_mutex_unlock(&w->mu);
+		json_t *h = json_pack("{s:b}", "Ok", ok);
+		dg_wan_reply(o->job, DG_WAN_ACK, h, NULL, 0);
+		json_decref(h);
+		op_free(o);
+		return;
+	}
+	case OP_PUSHPULL:
+		if (err == 0 && reply && reply->type == DG_WAN_PUSHPULL &&
+		    merge_pushpull(w, reply, why, sizeof(why)) != 0)
+			DG_LOGW(WAN, "bad member list from %s: %s", o->peer->m.name, why);
+		pthread_mutex_lock(&w->mu);
+		inflight_del(w, o);
+		if (err == 0)
+			o->peer->last_ok_ms = dg_now_ms();
+		pthread_mutex_unlock(&w->mu);
+		op_free(o);
+		return;
+	case OP_LEAVE:
+		pthread_mutex_lock(&w->mu);
+		inflight_del(w, o);
+		w->leave_pending--;
+		pthread_cond_broadcast(&w->cond);
+		pthread_mutex_unlock(&w->mu);
+		op_free(o);
+		return;
+	case OP_REQ:
+		req_done(o, err, reply);
+		return;
+	case OP_JOIN:
+		if (err != 0) {
+			snprintf(why, sizeof(why),
+				 "no answer from %s: %s (is it a dcgate server's WAN port, and "
+				 "does its certificate come from our CA? see both logs)",
+				 o->addr, dg_strerror(err));
+			join_finish(o, err, why);
+		} else if (!reply || reply->type != DG_WAN_PUSHPULL) {
+			snprintf(why, sizeof(why), "%s answered the join with %s", o->addr,
+				 reply ? dg_wan_type_name(reply->type) : "nothing");
+			join_finish(o, DG_EIO, why);
+		} else if (merge_pushpull(w, reply, why, sizeof(why)) != 0) {
+			join_finish(o, DG_EIO, why);
+		} else {
+			join_finish(o, 0, "");
+		}
+		return;
+	}
+}
+
+/* ---- joining ---- */
+
+static int join_start(dg_wan *w, const char *addr, dg_wan_join_fn cb, void *arg, bool retry)
+{
+	char url[400], err[512], accept[160];
+	int rv;
+	if (addr_url(addr, url, sizeof(url)) != 0)
+		return DG_EINVAL;
+	struct op *o = op_new(w, OP_JOIN, NULL);
+	if (!o)
+		return DG_ENOMEM;
+	snprintf(o->addr, sizeof(o->addr), "%s", addr);
+	o->jcb = cb;
+	o->jarg = arg;
+	o->retry_join = retry;
+	o->timeout_ms = JOIN_TIMEOUT_MS;
+	o->tmp = (nng_socket)NNG_SOCKET_INITIALIZER;
+	snprintf(accept, sizeof(accept), "server.*.%s", w->domain);
+	if (dg_tls_dialer_config_any(w->tls, accept, &o->tmp_tls, err, sizeof(err)) != 0) {
+		DG_LOGW(WAN, "join %s: %s", addr, err);
+		op_free(o);
+		return DG_EINVAL;
+	}
+	nng_dialer d;
+	if ((rv = nng_req0_open(&o->tmp)) != 0 ||
+	    (rv = nng_socket_set_size(o->tmp, NNG_OPT_RECVMAXSZ, RECV_MAX)) != 0 ||
+	    (rv = nng_dialer_create(&d, o->tmp, url)) != 0 ||
+	    (rv = nng_dialer_set_ptr(d, NNG_OPT_TLS_CONFIG, o->tmp_tls)) != 0 ||
+	    (rv = nng_dialer_start(d, NNG_FLAG_NONBLOCK)) != 0) {
+		DG_LOGW(WAN, "join %s: %s", url, nng_strerror(rv));
+		if (nng_socket_id(o->tmp) > 0)
+			nng_close(o->tmp);
+		nng_tls_config_free(o->tmp_tls);
+		op_free(o);
+		return DG_EIO;
+	}
+	pthread_mutex_lock(&w->mu);
+	rv = encode_pushpull(w, &o->msg);
+	if (rv == 0)
+		inflight_add(w, o);
+	pthread_mutex_unlock(&w->mu);
+	if (rv != 0) {
+		nng_close(o->tmp);
+		nng_tls_config_free(o->tmp_tls);
+		op_free(o);
+		return rv;
+	}
+	op_start(o, o->tmp);
+	return 0;
+}
+
+int dg_wan_join(dg_wan *w, const char *addr, dg_wan_join_fn cb, void *arg)
+{
+	return join_start(w, addr, cb, arg, false);
+}
+
+void dg_wan_retry_join(dg_wan *w, const char *addr)
+{
+	struct retry_addr *r = calloc(1, sizeof(*r));
+	if (!r)
+		return;
+	snprintf(r->addr, sizeof(r->addr), "%s", addr);
+	pthread_mutex_lock(&w->mu);
+	r->next_ms = dg_now_ms();
+	r->next = w->retries;
+	w->retries = r;
+	pthread_mutex_unlock(&w->mu);
+}
+
+/* ---- the timer thread ---- */
+
+static void *timer_main(void *arg)
+{
+	dg_wan *w = arg;
+	uint64_t next_pushpull = dg_now_ms() + w->cfg.pushpull_interval_ms;
+	for (;;) {
+		struct op *start[256];
+		nng_socket start_sock[256];
+		int nstart = 0;
+		struct peer *to_open[32];
+		int nopen = 0;
+		struct socket_to_close *closing = NULL;
+		char joins[8][300];
+		int njoins = 0;
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_nsec += TICK_MS * 1000000L;
+		if (ts.tv_nsec >= 1000000000L) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000L;
+		}
+		pthread_mutex_lock(&w->mu);
+		if (!w->stopping)
+			pthread_cond_timedwait(&w->cond, &w->mu, &ts);
+		if (w->stopping) {
+			pthread_mutex_unlock(&w->mu);
+			break;
+		}
+		uint64_t now = dg_now_ms();
+		bool pushpull_due = now >= next_pushpull;
+		if (pushpull_due)
+			next_pushpull = now + w->cfg.pushpull_interval_ms;
+		/* one random linked member gets the periodic push-pull */
+		struct peer *pp_target = NULL;
+		if (pushpull_due) {
+			size_t linked = 0;
+			for (struct peer *p = w->peers; p; p = p->next)
+				linked += p->ctl_pipes > 0 && p->m.status != DG_WAN_LEFT;
+			if (linked) {
+				size_t k = rand64() % linked;
+				for (struct peer *p = w->peers; p; p = p->next)
+					if (p->ctl_pipes > 0 && p->m.status != DG_WAN_LEFT && k-- == 0)
+						pp_target = p;
+			}
+		}
+		for (struct peer *p = w->peers; p; p = p->next) {
+			if (p->closing) {
+				struct socket_to_close *c = calloc(1, sizeof(*c));
+				struct socket_to_close *d = calloc(1, sizeof(*d));
+				if (c && d) {
+					c->s = p->ctl;
+					c->tls = p->tls;
+					d->s = p->data;
+					c->next = d;
+					d->next = closing;
+					closing = c;
+					p->open = false;
+					p->closing = false;
+					p->ctl_pipes = p->data_pipes = 0;
+					p->tls = NULL;
+				} else {
+					free(c);
+					free(d);
+				}
+				continue;
+			}
+			if (p->m.status == DG_WAN_LEFT)
+				continue;
+			if (!p->open && !p->opening && nopen < 32) {
+				p->opening = true;
+				to_open[nopen++] = p;
+				continue;
+			}
+			if (!p->open)
+				continue;
+			if (p->m.status == DG_WAN_SUSPECT && now - p->suspect_since >= SUSPECT_MS &&
+			    (p->last_ok_ms == 0 || now - p->last_ok_ms >= SUSPECT_MS)) {
+				p->m.status = DG_WAN_FAILED;
+				w->stats.failures_declared++;
+				DG_LOGW(WAN, "member %s failed: suspect for %d ms with no answer, "
+					     "direct or indirect",
+					p->m.name, SUSPECT_MS);
+			}
+			if (!p->probing && now >= p->next_probe_ms && nstart < 256) {
+				struct op *o = probe_prepare(w, p);
+				if (o) {
+					start[nstart] = o;
+					start_sock[nstart++] = p->ctl;
+				}
+				unsigned every = p->m.status == DG_WAN_FAILED
+						     ? FAILED_PROBE_MS
+						     : w->cfg.probe_interval_ms;
+				p->next_probe_ms = now + every;
+			}
+			if ((p->want_pushpull || p == pp_target) && p->ctl_pipes > 0 &&
+			    nstart < 256) {
+				struct op *o = op_new(w, OP_PUSHPULL, p);
+				if (o && encode_pushpull(w, &o->msg) == 0) {
+					o->timeout_ms = REQ_TIMEOUT_MS;
+					inflight_add(w, o);
+					start[nstart] = o;
+					start_sock[nstart++] = p->ctl;
+					p->want_pushpull = false;
+				} else if (o) {
+					op_free(o);
+				}
+			}
+		}
+		for (struct retry_addr *r = w->retries; r && njoins < 8; r = r->next)
+			if (!r->in_flight && now >= r->next_ms && r->next_ms != UINT64_MAX) {
+				r->in_flight = true;
+				snprintf(joins[njoins++], sizeof(joins[0]), "%s", r->addr);
+			}
+		struct socket_to_close *tc = w->to_close;
+		w->to_close = NULL;
+		pthread_mutex_unlock(&w->mu);
+
+		for (int i = 0; i < nopen; i++)
+			peer_open(w, to_open[i]);
+		for (int i = 0; i < nstart; i++)
+			op_start(start[i], start_sock[i]);
+		for (int i = 0; i < njoins; i++)
+			if (join_start(w, joins[i], NULL, NULL, true) != 0) {
+				pthread_mutex_lock(&w->mu);
+				for (struct retry_addr *r = w->retries; r; r = r->next)
+					if (strcmp(r->addr, joins[i]) == 0) {
+						r->in_flight = false;
+						r->next_ms = dg_now_ms() + RETRY_JOIN_MS;
+					}
+				pthread_mutex_unlock(&w->mu);
+			}
+		for (struct socket_to_close *lists[2] = {closing, tc}, **l = lists; l < lists + 2;
+		     l++)
+			while (*l) {
+				struct socket_to_close *c = *l;
+				*l = c->next;
+				if (nng_socket_id(c->s) > 0)
+					nng_close(c->s);
+				if (c->tls)
+					nng_tls_config_free(c->tls);
+				free(c);
+			}
+	}
+	return NULL;
+}
+
+/* ---- public ---- */
+
+void dg_wan_set_serve(dg_wan *w, dg_wan_serve_fn fn, void *arg)
+{
+	pthread_mutex_lock(&w->mu);
+	w->serve = fn;
+	w->serve_arg = arg;
+	pthread_mutex_unlock(&w->mu);
+}
+
+int dg_wan_start(const struct dg_wan_config *cfg, dg_wan **out, char *msg, size_t len)
+{
+	dg_wan *w = calloc(1, sizeof(*w));
+	char url[256], accept[160], err[512];
+	int rv;
+	if (!w)
+		return DG_ENOMEM;
+	pthread_mutex_init(&w->mu, NULL);
+	pthread_cond_init(&w->cond, NULL);
+	w->cfg = *cfg;
+	if (!w->cfg.probe_interval_ms)
+		w->cfg.probe_interval_ms = 1000;
+	if (!w->cfg.pushpull_interval_ms)
+		w->cfg.pushpull_interval_ms = 10000;
+	w->tls = cfg->tls;
+	w->bind = strdup(cfg->bind);
+	w->advertise = strdup(cfg->advertise && cfg->advertise[0] ? cfg->advertise : cfg->bind);
+	w->node = strdup(cfg->node);
+	w->dc = strdup(cfg->dc);
+	w->build = strdup(cfg->build ? cfg->build : "");
+	w->domain = strdup(cfg->tls->domain ? cfg->tls->domain : "consul");
+	w->rep = (nng_socket)NNG_SOCKET_INITIALIZER;
+	if (!w->bind || !w->advertise || !w->node || !w->dc || !w->build || !w->domain) {
+		dg_wan_free(w);
+		return DG_ENOMEM;
+	}
+	struct dg_wan_wire_member *s = &w->self;
+	if (snprintf(s->name, sizeof(s->name), "%s.%s", w->node, w->dc) >= (int)sizeof(s->name) ||
+	    snprintf(s->node, sizeof(s->node), "%s", w->node) >= (int)sizeof(s->node) ||
+	    snprintf(s->dc, sizeof(s->dc), "%s", w->dc) >= (int)sizeof(s->dc) ||
+	    snprintf(s->addr, sizeof(s->addr), "%s", w->advertise) >= (int)sizeof(s->addr)) {
+		snprintf(msg, len, "WAN: node, datacenter or address too long");
+		dg_wan_free(w);
+		return DG_EINVAL;
+	}
+	snprintf(s->build, sizeof(s->build), "%s", w->build);
+	s->port = cfg->port;
+	s->status = DG_WAN_ALIVE;
+	/* the wall clock makes a restarted server newer than anything said about its last life */
+	s->inc = (uint64_t)(dg_wall_ns() / 1000000000LL);
+
+	snprintf(url, sizeof(url), strchr(cfg->bind, ':') ? "tls+tcp://[%s]:%d" : "tls+tcp://%s:%d",
+		 cfg->bind, cfg->port);
+	snprintf(accept, sizeof(accept), "server.*.%s", w->domain);
+	if ((rv = dg_tls_listener_config(cfg->tls, accept, &w->listen_tls, err, sizeof(err))) != 0) {
+		snprintf(msg, len, "WAN TLS: %s", err);
+		goto fail;
+	}
+	if ((rv = nng_rep0_open(&w->rep)) != 0 ||
+	    (rv = nng_socket_set_size(w->rep, NNG_OPT_RECVMAXSZ, RECV_MAX)) != 0 ||
+	    (rv = nng_listener_create(&w->listener, w->rep, url)) != 0 ||
+	    (rv = nng_listener_set_ptr(w->listener, NNG_OPT_TLS_CONFIG, w->listen_tls)) != 0 ||
+	    (rv = nng_listener_start(w->listener, 0)) != 0) {
+		snprintf(msg, len, "WAN listener on %s: %s", url, nng_strerror(rv));
+		goto fail;
+	}
+	w->rep_open = true;
+	for (int i = 0; i < 4; i++)
+		if (job_spawn(w) != 0) {
+			snprintf(msg, len, "WAN: cannot start receiving");
+			goto fail;
+		}
+	if (pthread_create(&w->timer, NULL, timer_main, w) != 0) {
+		snprintf(msg, len, "WAN: cannot start the timer thread");
+		goto fail;
+	}
+	w->timer_started = true;
+	DG_LOGI(WAN, "listening on %s as %s (mutual TLS, accepting %s)", url, s->name, accept);
+	*out = w;
+	return 0;
+fail:
+	dg_wan_free(w);
+	return DG_EIO;
+}
+
+void dg_wan_leave(dg_wan *w)
+{
+	struct op *ops[256];
+	nng_socket socks[256];
+	int n = 0;
+	pthread_mutex_lock(&w->mu);
+	w->leaving = true;
+	json_t *h = json_pack("{s:s, s:I}", "Name", w->self.name, "Inc",
+			      (json_int_t)w->self.inc);
+	for (struct peer *p = w->peers; p && n < 256; p = p->next) {
+		if (p->m.status == DG_WAN_LEFT || p->m.status == DG_WAN_FAILED || p->ctl_pipes == 0)
+			continue;
+		struct op *o = op_new(w, OP_LEAVE, p);
+		if (!o || dg_wan_msg_encode(&o->msg, DG_WAN_LEAVE, h, NULL, 0) != 0) {
+			if (o)
+				op_free(o);
+			continue;
+		}
+		o->timeout_ms = LEAVE_WAIT_MS;
+		inflight_add(w, o);
+		w->leave_pending++;
+		ops[n] = o;
+		socks[n++] = p->ctl;
+	}
+	json_decref(h);
+	pthread_mutex_unlock(&w->mu);
+	for (int i = 0; i < n; i++)
+		op_start(ops[i], socks[i]);
+	uint64_t until = dg_now_ms() + LEAVE_WAIT_MS + 200;
+	pthread_mutex_lock(&w->mu);
+	while (w->leave_pending > 0 && dg_now_ms() < until) {
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_nsec += 50 * 1000000L;
+		if (ts.tv_nsec >= 1000000000L) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000L;
+		}
+		pthread_cond_timedwait(&w->cond, &w->mu, &ts);
+	}
+	pthread_mutex_unlock(&w->mu);
+	DG_LOGI(WAN, "left the WAN pool (%d of %d servers told)", n - w->leave_pending, n);
+}
+
+int dg_wan_force_leave(dg_wan *w, const char *name)
+{
+	int rv = DG_ENOTFOUND;
+	pthread_mutex_lock(&w->mu);
+	struct peer *p = peer_find(w, name);
+	for (struct peer *q = w->peers; !p && q; q = q->next)
+		if (strcmp(q->m.node, name) == 0)
+			p = q;
+	if (p) {
+		mark_left(w, p, p->m.inc);
+		rv = 0;
+	}
+	pthread_mutex_unlock(&w->mu);
+	return rv;
+}
+
+size_t dg_wan_members(dg_wan *w, struct dg_wan_member **out)
+{
+	pthread_mutex_lock(&w->mu);
+	struct dg_wan_member *v = calloc(w->npeers + 1, sizeof(*v));
+	size_t n = 0;
+	uint64_t now = dg_now_ms();
+	if (v) {
+		v[n].m = w->self;
+		v[n].m.status = w->leaving ? DG_WAN_LEFT : DG_WAN_ALIVE;
+		v[n].self = true;
+		v[n].linked = true;
+		v[n].rtt_ms = 0;
+		v[n++].last_contact_ms = 0;
+		for (struct peer *p = w->peers; p; p = p->next) {
+			struct dg_wan_member *m = &v[n++];
+			m->m = p->m;
+			m->linked = p->ctl_pipes > 0 && p->data_pipes > 0;
+			m->rtt_ms = p->have_rtt ? p->srtt : -1;
+			m->rtt_var_ms = p->have_rtt ? p->rttvar : -1;
+			m->last_contact_ms = p->last_ok_ms ? (int64_t)(now - p->last_ok_ms) : -1;
+		}
+	}
+	pthread_mutex_unlock(&w->mu);
+	*out = v;
+	return n;
+}
+
+int dg_wan_request(dg_wan *w, const char *dc, enum dg_wan_type type, json_t *hdr,
+		   const void *body, size_t len, unsigned timeout_ms, bool retryable,
+		   dg_wan_reply_fn cb, void *arg)
+{
+	bool known;
+	struct op *o = op_new(w, OP_REQ, NULL);
+	if (!o)
+		return DG_ENOMEM;
+	int rv = dg_wan_msg_encode(&o->msg, type, hdr, body, len);
+	if (rv != 0) {
+		op_free(o);
+		return rv;
+	}
+	snprintf(o->dc, sizeof(o->dc), "%s", dc);
+	o->timeout_ms = timeout_ms ? timeout_ms : REQ_TIMEOUT_MS;
+	o->retryable = retryable;
+	o->cb = cb;
+	o->arg = arg;
+	pthread_mutex_lock(&w->mu);
+	struct peer *p = w->stopping ? NULL : pick(w, dc, NULL, 0, &known);
+	if (!p) {
+		pthread_mutex_unlock(&w->mu);
+		op_free(o);
+		return w->stopping ? DG_ESHUTDOWN : known ? DG_ENOSERVER : DG_ENOPATH;
+	}
+	o->peer = p;
+	o->tried[o->ntried++] = p;
+	w->stats.requests++;
+	inflight_add(w, o);
+	nng_socket s = p->data;
+	pthread_mutex_unlock(&w->mu);
+	op_start(o, s);
+	return 0;
+}
+
+void dg_wan_stats(dg_wan *w, struct dg_wan_stats *out)
+{
+	pthread_mutex_lock(&w->mu);
+	*out = w->stats;
+	pthread_mutex_unlock(&w->mu);
+}
+
+void dg_wan_free(dg_wan *w)
+{
+	if (!w)
+		return;
+	pthread_mutex_lock(&w->mu);
+	w->stopping = true;
+	pthread_cond_broadcast(&w->cond);
+	pthread_mutex_unlock(&w->mu);
+	if (w->timer_started)
+		pthread_join(w->timer, NULL);
+	/* closing the sockets ends every op in flight (NNG_ECLOSED -> DG_ESHUTDOWN to callers) */
+	if (w->rep_open)
+		nng_close(w->rep);
+	for (struct peer *p = w->peers; p; p = p->next)
+		if (p->open) {
+			nng_close(p->ctl);
+			nng_close(p->data);
+		}
+	/* joins in flight: their temporary sockets */
+	pthread_mutex_lock(&w->mu);
+	nng_socket tmps[64];
+	int ntmp = 0;
+	for (struct op *o = w->in_flight; o && ntmp < 64; o = o->next)
+		if (o->kind == OP_JOIN)
+			tmps[ntmp++] = o->tmp;
+	pthread_mutex_unlock(&w->mu);
+	for (int i = 0; i < ntmp; i++)
+		nng_close(tmps[i]);
+	/* wait (bounded) for ops to finish: their callbacks free them */
+	for (int i = 0; i < 200; i++) {
+		pthread_mutex_lock(&w->mu);
+		bool empty = w->in_flight == NULL;
+		pthread_mutex_unlock(&w->mu);
+		if (empty)
+			break;
+		struct timespec ts = {0, 10 * 1000000L};
+		nanosleep(&ts, NULL);
+	}
+	while (w->peers) {
+		struct peer *p = w->peers;
+		w->peers = p->next;
+		if (p->tls)
+			nng_tls_config_free(p->tls);
+		free(p);
+	}
+	while (w->retries) {
+		struct retry_addr *r = w->retries;
+		w->retries = r->next;
+		free(r);
+	}
+	while (w->to_close) {
+		struct socket_to_close *c = w->to_close;
+		w->to_close = c->next;
+		nng_close(c->s);
+		if (c->tls)
+			nng_tls_config_free(c->tls);
+		free(c);
+	}
+	if (w->listen_tls)
+		nng_tls_config_free(w->listen_tls);
+	/* the rep socket is closed and the serve function detached (dg_fed_stop() first), so no
+	 * job is in use any more */
+	while (w->all_jobs) {
+		struct dg_wan_job *j = w->all_jobs;
+		w->all_jobs = j->next;
+		nng_aio_free(j->aio);
+		free(j);
+	}
+	free(w->bind);
+	free(w->advertise);
+	free(w->node);
+	free(w->dc);
+	free(w->build);
+	free(w->domain);
+	pthread_mutex_destroy(&w->mu);
+	pthread_cond_destroy(&w->cond);
+	free(w);
+}
+
+int dg_wan_ping(const struct dg_tls_policy *tls, const char *addr, const char *dc, char *out,
+		size_t outlen, char *msg, size_t len)
+{
+	nng_socket s;
+	nng_dialer d;
+	nng_tls_config *cfg = NULL;
+	nng_msg *m = NULL;
+	char url[256], err[512];
+	int rv;
+	snprintf(url, sizeof(url), "tls+tcp://%s", addr);
+	if (dg_tls_dialer_config(tls, dc, &cfg, err, sizeof(err)) != 0) {
+		snprintf(msg, len, "TLS: %s", err);
+		return DG_EINVAL;
+	}
+	if ((rv = nng_req0_open(&s)) != 0) {
+		nng_tls_config_free(cfg);
+		snprintf(msg, len, "%s", nng_strerror(rv));
+		return DG_EIO;
+	}
+	nng_socket_set_ms(s, NNG_OPT_RECVTIMEO, 5000);
+	nng_socket_set_ms(s, NNG_OPT_SENDTIMEO, 5000);
+	if ((rv = nng_dialer_create(&d, s, url)) != 0 ||
+	    (rv = nng_dialer_set_ptr(d, NNG_OPT_TLS_CONFIG, cfg)) != 0 ||
+	    (rv = nng_dialer_start(d, 0)) != 0 || (rv = nng_msg_alloc(&m, 0)) != 0 ||
+	    (rv = nng_msg_append(m, "ping", 4)) != 0 || (rv = nng_sendmsg(s, m, 0)) != 0) {
+		if (m && rv != 0)
+			nng_msg_free(m);
+		snprintf(msg, len, "dial %s: %s", url, nng_strerror(rv));
+		nng_close(s);
+		nng_tls_config_free(cfg);
+		return DG_EIO;
+	}
+	if ((rv = nng_recvmsg(s, &m, 0)) != 0) {
+		snprintf(msg, len,
+			 "no answer from %s: %s (see the logs of both sides for the TLS reason)",
+			 url, nng_strerror(rv));
+		nng_close(s);
+		nng_tls_config_free(cfg);
+		return DG_EIO;
+	}
+	snprintf(out, outlen, "%.*s", (int)nng_msg_len(m), (const char *)nng_msg_body(m));
+	nng_msg_free(m);
+	nng_close(s);
+	nng_tls_config_free(cfg);
+	return 0;
+}
