@@ -833,6 +833,17 @@ void dg_fed_stats(dg_fed *f, struct dg_fed_stats *out)
 	pthread_mutex_lock(&f->mu);
 	out->cache_entries = f->ncache;
 	pthread_mutex_unlock(&f->mu);
+	if (f->wan) {
+		struct dg_wan_stats ws;
+		dg_wan_stats(f->wan, &ws);
+		out->wan_bytes_sent = ws.bytes_sent;
+		out->wan_bytes_received = ws.bytes_received;
+		out->wan_probes = ws.probes;
+		out->wan_probe_timeouts = ws.probe_timeouts;
+		out->wan_suspicions = ws.suspicions;
+		out->wan_failures = ws.failures_declared;
+		out->wan_bad_messages = ws.bad_messages;
+	}
 }
 
 int dg_fed_start(const struct dg_fed_config *cfg, dg_fed **out, char *msg, size_t len)

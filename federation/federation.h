@@ -101,6 +101,9 @@ int dg_fed_force_leave(dg_fed *f, const char *name);
 struct dg_fed_stats {
 	uint64_t forwards, forward_errors, in_flight, served, coalesced;
 	uint64_t cache_hits, cache_misses, cache_entries;
+	/* from the WAN pool: bytes of WAN messages, probes and failures declared */
+	uint64_t wan_bytes_sent, wan_bytes_received, wan_probes, wan_probe_timeouts,
+	    wan_suspicions, wan_failures, wan_bad_messages;
 };
 void dg_fed_stats(dg_fed *f, struct dg_fed_stats *out);
 

@@ -1608,7 +1608,7 @@ static int agent_metrics(struct dg_req *r)
 	size_t n = sizeof(base) / sizeof(base[0]);
 	const char *format = qarg(r, "format");
 	/* days to expiry of the loaded certificate and CA, read from the files in use now */
-	struct metric all[sizeof(base) / sizeof(base[0]) + 11];
+	struct metric all[sizeof(base) / sizeof(base[0]) + 18];
 	memcpy(all, base, sizeof(base));
 	/* federation: zeros without WAN, so dashboards and tests find the names on every agent.
 	 * forwards_waiting counts local requests parked on a forward; in_flight counts WAN
@@ -1642,6 +1642,25 @@ static int agent_metrics(struct dg_req *r)
 	all[n++] = (struct metric){"dcgate.federation.cache_misses",
 				   "?cached remote reads that were fetched from the remote DC.", true,
 				   (double)fs.cache_misses};
+	all[n++] = (struct metric){"dcgate.wan.bytes_sent",
+				   "Bytes of WAN messages sent (before TLS).", true,
+				   (double)fs.wan_bytes_sent};
+	all[n++] = (struct metric){"dcgate.wan.bytes_received",
+				   "Bytes of WAN messages received (before TLS).", true,
+				   (double)fs.wan_bytes_received};
+	all[n++] = (struct metric){"dcgate.wan.probes", "Probes sent to WAN members.", true,
+				   (double)fs.wan_probes};
+	all[n++] = (struct metric){"dcgate.wan.probe_timeouts",
+				   "Probes of WAN members that got no answer in time.", true,
+				   (double)fs.wan_probe_timeouts};
+	all[n++] = (struct metric){"dcgate.wan.suspicions",
+				   "WAN members suspected (direct and indirect probes failed).",
+				   true, (double)fs.wan_suspicions};
+	all[n++] = (struct metric){"dcgate.wan.failures",
+				   "WAN members declared failed.", true, (double)fs.wan_failures};
+	all[n++] = (struct metric){"dcgate.wan.bad_messages",
+				   "WAN links closed for bad or misattributed messages.", true,
+				   (double)fs.wan_bad_messages};
 	all[n++] = (struct metric){"dcgate.federation.cache_entries",
 				   "Remote answers kept for ?cached and refreshed in the background.",
 				   false, (double)fs.cache_entries};

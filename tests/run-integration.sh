@@ -4,13 +4,15 @@
 # (`, N skipped` only when something was skipped). Exits non-zero when anything failed.
 #
 # The long tests (the python-consul example, about 2 minutes of waiting for the deregistration;
-# the kill -9 restart test; slow clients; session TTL expiry) mostly wait, so they run as a second
+# the kill -9 restart test; slow clients; session TTL expiry; federation, three DCs with one of
+# them killed and restarted) mostly wait, so they run as a second
 # group in parallel with the rest; each test starts its own agent on its own loopback address.
 #
 # usage: run-integration.sh [--quick]
 #   --quick  a fast core subset (well under 2 minutes, also with a sanitizer build): agent service
 #            register/deregister, KV, catalog and health, two blocking queries, the quick bad-input
-#            tests and the CLI tests; no interop and none of the long or slow-client tests. The
+#            tests, the CLI tests and three federation tests (WAN members, KV and a catalog
+#            register across three DCs); no interop and none of the other long or slow-client tests. The
 #            list is `quick` below; a selector that no longer names a test fails the run.
 #
 # env: DCGATE_BIN   the agent binary (the Makefile sets it; default build/dcgate)
@@ -56,6 +58,7 @@ long=(
   "$here/integration/test_slowclient.py"
   "$here/integration/test_session_ttl.py"
   "$here/integration/test_many_waiters.py"
+  "$here/integration/test_federation.py"
 )
 main=()
 for f in "$here"/integration/test_*.py "$here"/interop/test_*.py; do
@@ -81,6 +84,9 @@ quick_tests=(
   "$it/test_tls_matrix.py::StartupRefusalTest"
   "$it/test_tls_reload.py::WanRotationTest"
   "$it/test_https.py"
+  "$it/test_federation.py::FederationTest.test_members_wan"
+  "$it/test_federation.py::FederationTest.test_kv_every_pair"
+  "$it/test_federation.py::FederationTest.test_register_by_body_datacenter"
 )
 ceiling=540
 if [ $quick -eq 1 ] && [ -z "${DCGATE_IT_ONLY:-}" ]; then

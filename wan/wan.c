@@ -59,6 +59,8 @@ struct peer {
 	bool opening;	      /* the timer thread is opening them */
 	bool closing;	      /* left: the timer thread closes them */
 	int ctl_pipes, data_pipes;
+	bool ever_linked; /* a data link has been up at least once */
+	uint64_t added_ms;
 	bool have_rtt;
 	double srtt, rttvar;
 	uint64_t last_ok_ms; /* 0: never */
@@ -324,6 +326,7 @@ static void op_start(struct op *o, nng_socket sock)
 		return;
 	}
 	o->stage = 0;
+	__atomic_add_fetch(&o->w->stats.bytes_sent, o->msg.len, __ATOMIC_RELAXED);
 	nng_aio_set_msg(o->aio, m);
 	nng_aio_set_timeout(o->aio, (nng_duration)o->timeout_ms);
 	nng_ctx_send(o->ctx, o->aio);
@@ -373,6 +376,7 @@ static void op_cb(void *arg)
 		return;
 	}
 	nng_msg *m = nng_aio_get_msg(o->aio);
+	__atomic_add_fetch(&o->w->stats.bytes_received, nng_msg_len(m), __ATOMIC_RELAXED);
 	struct dg_wan_msg reply;
 	char why[160];
 	if (dg_wan_msg_decode(nng_msg_body(m), nng_msg_len(m), &reply, why, sizeof(why)) != 0) {
@@ -405,6 +409,7 @@ static void pipe_cb(nng_pipe pipe, nng_pipe_ev ev, void *arg)
 	int *count = is_data ? &p->data_pipes : &p->ctl_pipes;
 	if (ev == NNG_PIPE_EV_ADD_POST) {
 		(*count)++;
+		p->ever_linked |= is_data;
 		if (!is_data)
 			p->want_pushpull = true; /* a new link: swap views at once */
 	} else if (ev == NNG_PIPE_EV_REM_POST && *count > 0) {
@@ -488,9 +493,11 @@ static struct peer *peer_add(dg_wan *w, const struct dg_wan_wire_member *m)
 	p->m = *m;
 	p->ctl = p->data = (nng_socket)NNG_SOCKET_INITIALIZER;
 	p->next_probe_ms = dg_now_ms();
+	p->added_ms = dg_now_ms();
 	p->next = w->peers;
 	w->peers = p;
 	w->npeers++;
+	pthread_cond_signal(&w->cond); /* the timer thread dials it now, not at its next tick */
 	DG_LOGI(WAN, "member %s at %s:%d joined the WAN pool", m->name, m->addr, m->port);
 	return p;
 }
@@ -746,6 +753,7 @@ static void job_send(struct dg_wan_job *j, struct dg_buf *msg)
 		return;
 	}
 	j->stage = 1;
+	__atomic_add_fetch(&j->w->stats.bytes_sent, msg->len, __ATOMIC_RELAXED);
 	nng_aio_set_msg(j->aio, m);
 	nng_ctx_send(j->ctx, j->aio);
 }
@@ -1010,6 +1018,7 @@ static void job_cb(void *arg)
 		return;
 	}
 	nng_msg *m = nng_aio_get_msg(j->aio);
+	__atomic_add_fetch(&w->stats.bytes_received, nng_msg_len(m), __ATOMIC_RELAXED);
 	if (nng_msg_len(m) > DG_WAN_MAX_MSG) {
 		nng_msg_free(m);
 		nng_ctx_recv(j->ctx, j->aio);
@@ -1020,9 +1029,24 @@ static void job_cb(void *arg)
 
 /* ---- op completions ---- */
 
+/* A member just learnt of is still being dialed: a request may wait for that link (nng sends
+ * it once the link is up, within the request's timeout) rather than fail while nothing is
+ * known to be wrong. One whose link was up and went (a server killed, a reset) is not usable
+ * until it is back: that is the "no server reachable" answer, given at once. */
+#define NEW_MEMBER_GRACE_MS 5000
+
+static bool usable(const struct peer *p, uint64_t now)
+{
+	if (p->m.status == DG_WAN_FAILED || p->m.status == DG_WAN_LEFT)
+		return false;
+	return p->data_pipes > 0 ||
+	       (!p->ever_linked && p->open && now - p->added_ms < NEW_MEMBER_GRACE_MS);
+}
+
 static int peer_rank(const struct peer *p)
 {
-	return p->have_rtt ? (int)(p->srtt * 1000) : 1 << 30;
+	int rank = p->have_rtt ? (int)(p->srtt * 1000) : 1 << 29;
+	return p->data_pipes > 0 ? rank : rank + (1 << 29); /* linked ones first */
 }
 
 /* The nearest linked, alive (or suspect) server of dc not yet tried. With mu held. */
@@ -1030,12 +1054,13 @@ static struct peer *pick(dg_wan *w, const char *dc, struct peer *const *tried, i
 			 bool *known)
 {
 	struct peer *best = NULL;
+	uint64_t now = dg_now_ms();
 	*known = false;
 	for (struct peer *p = w->peers; p; p = p->next) {
 		if (strcmp(p->m.dc, dc) != 0 || p->m.status == DG_WAN_LEFT)
 			continue;
 		*known = true;
-		if (p->m.status == DG_WAN_FAILED || p->data_pipes == 0)
+		if (!usable(p, now))
 			continue;
 		bool seen = false;
 		for (int i = 0; i < ntried; i++)
@@ -1617,6 +1642,9 @@ void dg_wan_stats(dg_wan *w, struct dg_wan_stats *out)
 	pthread_mutex_lock(&w->mu);
 	*out = w->stats;
 	pthread_mutex_unlock(&w->mu);
+	/* these two are counted without the lock, on the send and receive paths */
+	out->bytes_sent = __atomic_load_n(&w->stats.bytes_sent, __ATOMIC_RELAXED);
+	out->bytes_received = __atomic_load_n(&w->stats.bytes_received, __ATOMIC_RELAXED);
 }
 
 void dg_wan_free(dg_wan *w)

@@ -95,6 +95,7 @@ struct dg_wan_stats {
 	uint64_t requests, request_errors, in_flight;
 	uint64_t probes, probe_timeouts, suspicions, refutations, failures_declared;
 	uint64_t bad_messages; /* closed links: undecodable or misattributed messages */
+	uint64_t bytes_sent, bytes_received; /* WAN message bytes (before TLS), both directions */
 };
 void dg_wan_stats(dg_wan *w, struct dg_wan_stats *out);
 
