@@ -1019,12 +1019,7 @@ static void job_cb(void *arg)
 	}
 	nng_msg *m = nng_aio_get_msg(j->aio);
 	__atomic_add_fetch(&w->stats.bytes_received, nng_msg_len(m), __ATOMIC_RELAXED);
-	if (nng_msg_len(m) > DG_WAN_MAX_MSG) {
-		nng_msg_free(m);
-		nng_ctx_recv(j->ctx, j->aio);
-		return;
-	}
-	job_handle(j, m);
+	job_handle(j, m); /* the decoder refuses (and the link closes on) anything over the limit */
 }
 
 /* ---- op completions ---- */
