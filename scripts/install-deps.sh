@@ -9,6 +9,8 @@ packages=(
   libssl-dev libnng-dev libcmocka-dev libgnutls28-dev openssl
   python3 python3-consul python3-cryptography curl procps iproute2
   nodejs npm wrk nginx-light
+  # tests/wan: the WAN emulator (NFQUEUE delayer, nft loss and partition rules)
+  libnetfilter-queue-dev nftables iptables
 )
 
 missing=()
