@@ -207,6 +207,11 @@ static unsigned probe_timeout(const struct peer *p)
 	if (!p->have_rtt)
 		return PROBE_FIRST_MS;
 	double t = p->srtt + (4 * p->rttvar > p->srtt / 2 ? 4 * p->rttvar : p->srtt / 2) + 50;
+	/* a lost segment costs TCP one retransmission timeout (at least 200 ms, about one RTT
+	 * more on a long link) before the answer can arrive: a probe waits that long rather than
+	 * suspect a member for one lost packet */
+	if (t < 2 * p->srtt + 200)
+		t = 2 * p->srtt + 200;
 	if (t < PROBE_MIN_MS)
 		t = PROBE_MIN_MS;
 	if (t > PROBE_MAX_MS)
