@@ -529,6 +529,12 @@ target "RSS of the idle agent < 10 MiB" "$RSS_IDLE" "$(mib "$RSS_IDLE") MiB" "v 
 timeout -k 10 900 bash "$HERE/tls.sh" "$DCGATE" ||
 	broke "bench/tls.sh (exit $?; its reasons are listed above)"
 
+# Federation: bench/federation.sh starts two DCs (dc1, east) on leased loopback addresses and
+# prints its own table (forwarded reads against the same reads made locally, WAN bytes per remote
+# watcher with and without coalescing) and its own targets.
+timeout -k 10 900 bash "$HERE/federation.sh" "$DCGATE" ||
+	broke "bench/federation.sh (exit $?; its reasons are listed above)"
+
 if [ ${#BROKEN[@]} -gt 0 ]; then
 	echo
 	echo "broken (figures above marked - were not measured):"

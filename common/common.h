@@ -49,6 +49,15 @@ const char *dg_strerror(int err);
 #define DG_WAN_MAX_MSG       (2 * 1024 * 1024)         /* one message on 8302 */
 #define DG_WAN_MAX_HEADER    (64 * 1024)               /* its JSON header */
 #define DG_WAN_MAX_MEMBERS   4096                      /* servers in the WAN pool */
+#define DG_MAX_REGEX_COPIES  1000                      /* atoms a client regex expands into */
+#define DG_MAX_REGEX_DEPTH   8                         /* its nested groups */
+#define DG_MAX_REGEX_LEN     512                       /* its length */
+
+/* ---- client regexes ---- */
+/* Refuses a POSIX extended regex that would be costly to compile or to run (repetitions that
+ * multiply past DG_MAX_REGEX_COPIES atoms, groups deeper than DG_MAX_REGEX_DEPTH,
+ * back-references) before regcomp() sees it. Returns 0, or DG_EINVAL with *why in Go's words. */
+int dg_regex_check(const char *pattern, const char **why);
 
 /* ---- logging ---- */
 enum dg_log_level { DG_LOG_TRACE, DG_LOG_DEBUG, DG_LOG_INFO, DG_LOG_WARN, DG_LOG_ERROR };

@@ -70,7 +70,7 @@ int dg_reply_cached(struct dg_req *r, uint64_t index)
 int dg_reply_json_cache(struct dg_req *r, json_t *body, uint64_t index)
 {
 	size_t flags = r->q.pretty ? JSON_INDENT(4) : JSON_COMPACT;
-	char *text = json_dumps(body, flags | JSON_ENCODE_ANY);
+	char *text = json_dumps(body, flags | JSON_ENCODE_ANY | JSON_REAL_PRECISION(15));
 	json_decref(body);
 	if (!text)
 		return dg_reply_text(r, 500, "out of memory", 0);

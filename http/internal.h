@@ -153,11 +153,20 @@ int dg_req_write(struct dg_req *r, json_t *cmd);
 /* True when the handler should park instead of answering: ?index was given, the result's index
  * is not past it, and the wait has not run out. Call with the catalog read lock held or not. */
 bool dg_req_should_block(struct dg_req *r, uint64_t result_index);
-/* Parks the request until a change matching topics (DG_TOPIC_* mask) and key (NULL: any;
- * prefix: key is a prefix) or the deadline; then the handler runs again. seen_index is
- * dg_cat_last_index() read under the same read lock as the result. */
+/* Parks the request until a change matching topics (DG_TOPIC_* and DG_HTTP_TOPIC_* mask) and
+ * key (NULL: any; prefix: key is a prefix) or the deadline; then the handler runs again.
+ * seen_index is dg_cat_last_index() read under the same read lock as the result. */
 int dg_req_block(struct dg_req *r, unsigned topics, const char *key, bool prefix,
 		 uint64_t seen_index);
+
+/* A topic of the HTTP layer's own, for waiters on something that is not in the catalog: the
+ * agent's user-event buffer (event_api.c). Above every DG_TOPIC_* bit, which the catalog's
+ * changes carry; only dg_http_wake() wakes it. */
+#define DG_HTTP_TOPIC_EVENTS (1u << 16)
+/* Resumes every parked query waiting on one of topics (a DG_HTTP_TOPIC_* mask); each runs its
+ * handler again. Any thread. It takes the waiter lock, as dg_req_block() does: a lock the caller
+ * holds here must come before the waiter lock in every thread (event_api.c's buffer lock does). */
+void dg_http_wake(dg_http *h, unsigned topics);
 
 /* A blocking, cached catalog read (server.c): idx gives the result's index, build the body
  * (a new reference, NULL only when out of memory), both under the catalog's read lock. */
@@ -217,6 +226,8 @@ bool dg_node_meta_match(const struct dg_cat_node *n, char *const *pairs, size_t 
 /* Route tables, one per endpoint file, each ending with a {NULL} entry. */
 extern const struct dg_route dg_routes_agent[];
 extern const struct dg_route dg_routes_catalog[];
+extern const struct dg_route dg_routes_coordinate[];
+extern const struct dg_route dg_routes_event[];
 extern const struct dg_route dg_routes_health[];
 extern const struct dg_route dg_routes_kv[];
 extern const struct dg_route dg_routes_session[];

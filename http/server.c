@@ -2,10 +2,10 @@
  * the suspension of requests that wait for a raft write or a blocking query.
  *
  * Threads: handlers run on MHD's thread. Parked blocking queries live in the waiter list under
- * `wmu`; the loop thread (change hook) and the deadline thread take them off the list and resume
- * their connections after dropping `wmu`. A request on no list and suspended is owned by whoever
- * holds its pending resume (a write callback, the waker, or federation's callback); nothing else
- * touches it.
+ * `wmu`; the loop thread (change hook), the deadline thread and any caller of dg_http_wake()
+ * (events, from a handler thread) take them off the list and resume their connections after
+ * dropping `wmu`. A request on no list and suspended is owned by whoever holds its pending
+ * resume (a write callback, the waker, or federation's callback); nothing else touches it.
  *
  * Federation: a request for another DC is handed to dg_fed_forward() and suspended; the answer
  * comes back on one of federation's threads, which stores it in the request and resumes it, and
@@ -61,8 +61,8 @@ struct dg_http {
 };
 
 static const struct dg_route *route_tables[] = {
-	dg_routes_agent, dg_routes_catalog, dg_routes_health, dg_routes_kv,
-	dg_routes_session, dg_routes_status, dg_routes_txn,
+    dg_routes_agent, dg_routes_catalog, dg_routes_coordinate, dg_routes_event, dg_routes_health,
+    dg_routes_kv,    dg_routes_session, dg_routes_status,     dg_routes_txn,
 };
 
 /* ---- accessors ---- */
@@ -218,6 +218,7 @@ int dg_reply_json_text(struct dg_req *r, int status, char *text, size_t len, uin
 int dg_reply_json(struct dg_req *r, int status, json_t *body, uint64_t index)
 {
 	size_t flags = r->q.pretty ? JSON_INDENT(4) : JSON_COMPACT;
+	flags |= JSON_REAL_PRECISION(15); /* Go prints floats shortest; 17 digits show binary noise */
 	char *text;
 	if (!body) {
 		text = strdup("null");
@@ -378,28 +379,39 @@ static void resume_all(struct dg_waiter *list)
 	}
 }
 
-/* The change hook: runs on the loop thread after every apply. */
-static void on_changes(void *arg, const struct dg_cat_change *v, size_t n)
+/* Takes every waiter that one of the n changes matches, or (v NULL) every waiter of one of
+ * topics, off the list and resumes it. Any thread; takes wmu, resumes after dropping it. */
+static void wake_matching(dg_http *h, const struct dg_cat_change *v, size_t n, unsigned topics)
 {
-	dg_http *h = arg;
 	struct dg_waiter *wake = NULL;
 	size_t count = 0;
 	pthread_mutex_lock(&h->wmu);
 	for (struct dg_waiter *w = h->waiters, *next; w; w = next) {
 		next = w->next;
-		for (size_t i = 0; i < n; i++) {
-			if (waiter_matches(w, &v[i])) {
-				unlink_waiter(h, w);
-				w->next = wake;
-				wake = w;
-				count++;
-				break;
-			}
+		bool hit = !v && (w->topics & topics);
+		for (size_t i = 0; v && !hit && i < n; i++)
+			hit = waiter_matches(w, &v[i]);
+		if (hit) {
+			unlink_waiter(h, w);
+			w->next = wake;
+			wake = w;
+			count++;
 		}
 	}
 	pthread_mutex_unlock(&h->wmu);
 	__atomic_add_fetch(&h->stats.waiters_woken, count, __ATOMIC_RELAXED);
 	resume_all(wake);
+}
+
+/* The change hook: runs on the loop thread after every apply. */
+static void on_changes(void *arg, const struct dg_cat_change *v, size_t n)
+{
+	wake_matching(arg, v, n, 0);
+}
+
+void dg_http_wake(dg_http *h, unsigned topics)
+{
+	wake_matching(h, NULL, 0, topics);
 }
 
 static void *deadline_main(void *arg)

@@ -47,7 +47,8 @@
 #define JOIN_TIMEOUT_MS 5000
 #define RETRY_JOIN_MS 5000
 #define LEAVE_WAIT_MS 2000
-#define MAX_JOBS 8192 /* forwarded requests served at once */
+#define MAX_JOBS 8192	  /* forwarded requests served at once */
+#define IDLE_RECEIVERS 4 /* jobs kept waiting for requests; more are parked */
 #define TICK_MS 100
 
 struct peer {
@@ -116,8 +117,9 @@ struct dg_wan_job {
 	dg_wan *w;
 	nng_ctx ctx;
 	nng_aio *aio;
-	int stage; /* 0: receiving, 1: sending, 2: working on it */
-	struct dg_wan_job *next; /* every job ever made, for dg_wan_free (mu) */
+	int stage; /* 0: receiving, 1: sending, 2: working on it, 3: parked */
+	struct dg_wan_job *next;	/* every job ever made, for dg_wan_free (mu) */
+	struct dg_wan_job *next_parked; /* jobs waiting to be reused (mu) */
 };
 
 struct retry_addr {
@@ -147,7 +149,9 @@ struct dg_wan {
 	struct retry_addr *retries;
 	struct socket_to_close *to_close;
 	struct dg_wan_job *all_jobs;
-	int jobs;
+	struct dg_wan_job *parked; /* jobs with nothing to do, kept for reuse */
+	int idle;		   /* jobs waiting for a request (stage 0) */
+	int working;		   /* jobs held by a request being served (stage 2) */
 	int leave_pending;
 	bool leaving, stopping;
 	struct dg_wan_stats stats;
@@ -746,15 +750,38 @@ static void probe_done(struct op *o, int err, const struct dg_wan_msg *reply)
 
 /* ---- the rep side: requests from other servers ---- */
 
+/* Puts a job back to waiting for a request, or parks it when enough jobs wait already: the
+ * number of jobs follows the most requests served at once, not how many were ever served. */
+static void job_receive(struct dg_wan_job *j)
+{
+	dg_wan *w = j->w;
+	pthread_mutex_lock(&w->mu);
+	if (w->idle >= IDLE_RECEIVERS) {
+		j->stage = 3;
+		j->next_parked = w->parked;
+		w->parked = j;
+		pthread_mutex_unlock(&w->mu);
+		return;
+	}
+	w->idle++;
+	j->stage = 0;
+	pthread_mutex_unlock(&w->mu);
+	nng_ctx_recv(j->ctx, j->aio);
+}
+
 static void job_send(struct dg_wan_job *j, struct dg_buf *msg)
 {
 	nng_msg *m = NULL;
+	if (j->stage == 2) {
+		pthread_mutex_lock(&j->w->mu);
+		j->w->working--;
+		pthread_mutex_unlock(&j->w->mu);
+	}
 	if (nng_msg_alloc(&m, 0) != 0 || nng_msg_append(m, msg->data, msg->len) != 0) {
 		if (m)
 			nng_msg_free(m);
 		/* no reply: the asker times out; take the next request */
-		j->stage = 0;
-		nng_ctx_recv(j->ctx, j->aio);
+		job_receive(j);
 		return;
 	}
 	j->stage = 1;
@@ -790,7 +817,16 @@ static void reply_error(struct dg_wan_job *j, const char *text)
  * taking requests. Without mu. */
 static int job_spawn(dg_wan *w)
 {
-	struct dg_wan_job *j = calloc(1, sizeof(*j));
+	pthread_mutex_lock(&w->mu);
+	struct dg_wan_job *j = w->parked;
+	if (j)
+		w->parked = j->next_parked;
+	pthread_mutex_unlock(&w->mu);
+	if (j) {
+		job_receive(j);
+		return 0;
+	}
+	j = calloc(1, sizeof(*j));
 	if (!j)
 		return DG_ENOMEM;
 	j->w = w;
@@ -804,13 +840,26 @@ static int job_spawn(dg_wan *w)
 		return DG_EIO;
 	}
 	pthread_mutex_lock(&w->mu);
-	w->jobs++;
 	j->next = w->all_jobs;
 	w->all_jobs = j;
-	pthread_mutex_unlock(&w->mu);
+	w->idle++;
 	j->stage = 0;
+	pthread_mutex_unlock(&w->mu);
 	nng_ctx_recv(j->ctx, j->aio);
 	return 0;
+}
+
+/* A job keeps its request while it is served elsewhere: make sure another one listens. */
+static void job_hold(struct dg_wan_job *j)
+{
+	dg_wan *w = j->w;
+	pthread_mutex_lock(&w->mu);
+	j->stage = 2;
+	w->working++;
+	bool none_listening = w->idle == 0;
+	pthread_mutex_unlock(&w->mu);
+	if (none_listening)
+		job_spawn(w);
 }
 
 /* The DC a message claims ("From" or "Name": "<node>.<dc>") must be the one in the TLS
@@ -880,8 +929,7 @@ static void job_handle(struct dg_wan_job *j, nng_msg *m)
 			dg_wan_msg_fini(&d);
 		nng_pipe_close(nng_msg_get_pipe(m));
 		nng_msg_free(m);
-		j->stage = 0;
-		nng_ctx_recv(j->ctx, j->aio);
+		job_receive(j);
 		return;
 	}
 	switch (d.type) {
@@ -962,8 +1010,7 @@ static void job_handle(struct dg_wan_job *j, nng_msg *m)
 			json_decref(h);
 			break;
 		}
-		j->stage = 2;
-		job_spawn(w);
+		job_hold(j);
 		op_start(o, ctl);
 		break;
 	}
@@ -971,15 +1018,14 @@ static void job_handle(struct dg_wan_job *j, nng_msg *m)
 		pthread_mutex_lock(&w->mu);
 		dg_wan_serve_fn fn = w->serve;
 		void *arg = w->serve_arg;
-		bool busy = w->jobs >= MAX_JOBS;
+		bool busy = w->working >= MAX_JOBS;
 		pthread_mutex_unlock(&w->mu);
 		if (!fn || busy) {
 			reply_error(j, fn ? "too many forwarded requests in progress"
 					  : "this server does not serve forwarded requests yet");
 			break;
 		}
-		j->stage = 2;
-		job_spawn(w);
+		job_hold(j);
 		fn(arg, j, &d);
 		break;
 	}
@@ -999,27 +1045,25 @@ static void job_cb(void *arg)
 	struct dg_wan_job *j = arg;
 	dg_wan *w = j->w;
 	int rv = nng_aio_result(j->aio);
-	if (rv == NNG_ECLOSED)
-		return; /* the socket is closing: dg_wan_free reaps jobs */
 	if (j->stage == 1) {
 		if (rv != 0) {
 			nng_msg *m = nng_aio_get_msg(j->aio);
 			if (m)
 				nng_msg_free(m);
 		}
-		/* a job that was spawned around keeps receiving: the count of receivers is the
-		 * most requests ever held at once, bounded by MAX_JOBS */
-		j->stage = 0;
-		nng_ctx_recv(j->ctx, j->aio);
+		if (rv != NNG_ECLOSED)
+			job_receive(j);
 		return;
 	}
+	pthread_mutex_lock(&w->mu);
+	w->idle--;
+	bool stopping = w->stopping;
+	pthread_mutex_unlock(&w->mu);
+	if (rv == NNG_ECLOSED)
+		return; /* the socket is closing: dg_wan_free reaps jobs */
 	if (rv != 0) {
-		bool stopping;
-		pthread_mutex_lock(&w->mu);
-		stopping = w->stopping;
-		pthread_mutex_unlock(&w->mu);
 		if (!stopping)
-			nng_ctx_recv(j->ctx, j->aio);
+			job_receive(j);
 		return;
 	}
 	nng_msg *m = nng_aio_get_msg(j->aio);
