@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 /* One error list for the whole project: 0 is success, errors are negative. The HTTP layer maps
  * codes to status codes in one table (http/server.c). */
@@ -53,6 +54,12 @@ const char *dg_strerror(int err);
 #define DG_MAX_REGEX_DEPTH   8                         /* its nested groups */
 #define DG_MAX_REGEX_LEN     512                       /* its length */
 
+/* ---- JSON text ---- */
+/* True if the JSON text[0..len) nests no deeper than max. Meant to run before a parser, so that
+ * ten thousand '[' cost one pass and no allocation; brackets inside strings do not count. Exact
+ * for valid JSON; for invalid JSON anything, and the parser refuses the text afterwards. */
+bool dg_json_depth_ok(const void *text, size_t len, int max);
+
 /* ---- client regexes ---- */
 /* Refuses a POSIX extended regex that would be costly to compile or to run (repetitions that
  * multiply past DG_MAX_REGEX_COPIES atoms, groups deeper than DG_MAX_REGEX_DEPTH,
@@ -74,6 +81,8 @@ void dg_log(enum dg_log_level level, const char *module, const char *fmt, ...)
 /* ---- time ---- */
 /* Monotonic milliseconds, for deadlines. */
 uint64_t dg_now_ms(void);
+/* The CLOCK_REALTIME time ms from now, for pthread_cond_timedwait(). */
+struct timespec dg_realtime_in_ms(unsigned ms);
 /* Wall clock in nanoseconds since the epoch. */
 int64_t dg_wall_ns(void);
 

@@ -246,3 +246,41 @@ int dg_parse_bool(const char *t, bool *out)
 	}
 	return DG_EINVAL;
 }
+
+bool dg_json_depth_ok(const void *text, size_t len, int max)
+{
+	const unsigned char *s = text;
+	int depth = 0;
+	bool in_str = false;
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = s[i];
+		if (in_str) {
+			if (c == '\\')
+				i++;
+			else if (c == '"')
+				in_str = false;
+			continue;
+		}
+		if (c == '"')
+			in_str = true;
+		else if (c == '[' || c == '{') {
+			if (++depth > max)
+				return false;
+		} else if (c == ']' || c == '}')
+			depth--;
+	}
+	return true;
+}
+
+struct timespec dg_realtime_in_ms(unsigned ms)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += ms / 1000;
+	ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	return ts;
+}

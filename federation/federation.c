@@ -460,13 +460,7 @@ static void *refresher_main(void *arg)
 	dg_fed *f = arg;
 	pthread_mutex_lock(&f->mu);
 	while (!f->stopping) {
-		struct timespec ts;
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_nsec += 250 * 1000000L;
-		if (ts.tv_nsec >= 1000000000L) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000L;
-		}
+		struct timespec ts = dg_realtime_in_ms(250);
 		pthread_cond_timedwait(&f->cond, &f->mu, &ts);
 		if (f->stopping)
 			break;

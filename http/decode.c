@@ -6,32 +6,8 @@
 #include <stdio.h>
 #include <string.h>
 
-/* jansson has its own depth limit (2048); ours is far lower, checked before parsing so that a
- * body of ten thousand '[' costs nothing. Strings are skipped so brackets inside them don't count. */
-static bool depth_ok(const char *s, size_t len)
-{
-	int depth = 0;
-	bool in_str = false;
-	for (size_t i = 0; i < len; i++) {
-		char c = s[i];
-		if (in_str) {
-			if (c == '\\')
-				i++;
-			else if (c == '"')
-				in_str = false;
-			continue;
-		}
-		if (c == '"')
-			in_str = true;
-		else if (c == '[' || c == '{') {
-			if (++depth > DG_MAX_JSON_DEPTH)
-				return false;
-		} else if (c == ']' || c == '}')
-			depth--;
-	}
-	return true;
-}
-
+/* jansson has its own depth limit (2048); ours (DG_MAX_JSON_DEPTH) is far lower and checked
+ * before parsing, with dg_json_depth_ok. */
 json_t *dg_decode_body(const char *body, size_t len, char *err, size_t errlen)
 {
 	size_t i = 0;
@@ -41,7 +17,7 @@ json_t *dg_decode_body(const char *body, size_t len, char *err, size_t errlen)
 		snprintf(err, errlen, "Request decode failed: EOF");
 		return NULL;
 	}
-	if (!depth_ok(body, len)) {
+	if (!dg_json_depth_ok(body, len, DG_MAX_JSON_DEPTH)) {
 		snprintf(err, errlen, "Request decode failed: exceeded max depth");
 		return NULL;
 	}

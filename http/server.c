@@ -419,13 +419,7 @@ static void *deadline_main(void *arg)
 	dg_http *h = arg;
 	pthread_mutex_lock(&h->wmu);
 	while (!h->stopping) {
-		struct timespec ts;
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_nsec += 25 * 1000000L;
-		if (ts.tv_nsec >= 1000000000L) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000L;
-		}
+		struct timespec ts = dg_realtime_in_ms(25);
 		pthread_cond_timedwait(&h->wcond, &h->wmu, &ts);
 		uint64_t now = dg_now_ms();
 		if (h->cfg.https_port && now / 1000 != h->last_reap_s) {

@@ -59,36 +59,6 @@ static void buf_truncate(struct dg_buf *out, size_t len)
 	}
 }
 
-/* ---- JSON text: depth pre-scan ---- */
-
-/* True if the JSON text s[0..len) nests no deeper than max. Checked before parsing, so a header
- * of 60000 '[' costs one pass and no allocation. Strings are skipped so that brackets inside
- * them don't count. For valid JSON the count is exact; for invalid JSON it may be anything, and
- * the parser rejects the text afterwards. */
-static bool depth_ok(const uint8_t *s, size_t len, int max)
-{
-	int depth = 0;
-	bool in_str = false;
-	for (size_t i = 0; i < len; i++) {
-		uint8_t c = s[i];
-		if (in_str) {
-			if (c == '\\')
-				i++;
-			else if (c == '"')
-				in_str = false;
-			continue;
-		}
-		if (c == '"')
-			in_str = true;
-		else if (c == '[' || c == '{') {
-			if (++depth > max)
-				return false;
-		} else if (c == ']' || c == '}')
-			depth--;
-	}
-	return true;
-}
-
 /* Parses JSON text that must be one value of the given shape (object or array). what names it
  * in the reason ("header", "members"). Returns a new reference or NULL with err set. */
 static json_t *load_json(const uint8_t *s, size_t len, bool want_object, const char *what,
@@ -98,7 +68,7 @@ static json_t *load_json(const uint8_t *s, size_t len, bool want_object, const c
 		set_err(err, errlen, "%s is empty", what);
 		return NULL;
 	}
-	if (!depth_ok(s, len, MSG_MAX_DEPTH)) {
+	if (!dg_json_depth_ok(s, len, MSG_MAX_DEPTH)) {
 		set_err(err, errlen, "%s JSON too deep (more than %d levels)", what, MSG_MAX_DEPTH);
 		return NULL;
 	}

@@ -1342,13 +1342,7 @@ static void *timer_main(void *arg)
 		struct socket_to_close *closing = NULL;
 		char joins[8][300];
 		int njoins = 0;
-		struct timespec ts;
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_nsec += TICK_MS * 1000000L;
-		if (ts.tv_nsec >= 1000000000L) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000L;
-		}
+		struct timespec ts = dg_realtime_in_ms(TICK_MS);
 		pthread_mutex_lock(&w->mu);
 		if (!w->stopping)
 			pthread_cond_timedwait(&w->cond, &w->mu, &ts);
@@ -1590,13 +1584,7 @@ void dg_wan_leave(dg_wan *w)
 	uint64_t until = dg_now_ms() + LEAVE_WAIT_MS + 200;
 	pthread_mutex_lock(&w->mu);
 	while (w->leave_pending > 0 && dg_now_ms() < until) {
-		struct timespec ts;
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_nsec += 50 * 1000000L;
-		if (ts.tv_nsec >= 1000000000L) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000L;
-		}
+		struct timespec ts = dg_realtime_in_ms(50);
 		pthread_cond_timedwait(&w->cond, &w->mu, &ts);
 	}
 	pthread_mutex_unlock(&w->mu);
