@@ -821,6 +821,48 @@ class JoinWaysTest(unittest.TestCase):
         self._passed = True
 
 
+class WanWithoutCertificatesTest(unittest.TestCase):
+    """The WAN is mutual TLS only: a server told to join the WAN but given no certificates
+    refuses to start, and says what to set; a WAN join asked of such a running server is
+    refused with a text that says why."""
+
+    def refused(self, make_args, must):
+        a = Agent(name="nowancert", datacenter="dc1")
+        try:
+            a.extra_args += make_args(a)
+            try:
+                a.start()
+            except RuntimeError:
+                pass
+            else:
+                self.fail("the server started with WAN peers and no certificates:\n%s" % a.log_tail())
+            self.assertNotEqual(a.proc.returncode, 0, a.log_tail())
+            self.assertIn(must, a.log_tail(200))
+        finally:
+            a.close()
+
+    def test_retry_join_wan_flag(self):
+        self.refused(lambda a: ["-retry-join-wan", "127.0.0.1"], "no TLS certificates")
+
+    def test_join_wan_config_key(self):
+        def args(a):
+            cfg = write_json(os.path.join(a.tmpdir, "wan.json"), {"retry_join_wan": ["127.0.0.1"]})
+            return ["-config-file", cfg]
+        self.refused(args, "tls.defaults.ca_file, cert_file and key_file")
+
+    def test_join_api_on_server_without_certificates(self):
+        a = Agent(name="nowancert-api", datacenter="dc1")
+        try:
+            a.start()
+            r = a.put("/v1/agent/join/127.0.0.1?wan=1")
+            self.assertEqual(r.status, 500, r)
+            self.assertIn("no TLS certificates", r.text)
+            self.assertEqual(a.get("/v1/agent/members?wan=1").json(), [])
+            self.assertEqual(a.get("/v1/catalog/datacenters").json(), ["dc1"])
+        finally:
+            a.close()
+
+
 class ExampleTest(unittest.TestCase):
     """examples/federation/run.sh on two leased addresses: it makes certificates, starts dc1 and
     east, registers web in east and reads it from dc1 three ways, then stops both agents."""
