@@ -60,10 +60,13 @@ long=(
   "$here/integration/test_many_waiters.py"
   "$here/integration/test_federation.py"
 )
+# Federation on the emulated WAN (network namespaces, 150 ms each way, loss, stalls): mostly
+# waiting too, so a third group of its own, beside the other two.
+wan=("$here/integration/test_wan_emulated.py")
 main=()
 for f in "$here"/integration/test_*.py "$here"/interop/test_*.py; do
   skip=0
-  for l in "${long[@]}"; do [ "$f" = "$l" ] && skip=1; done
+  for l in "${long[@]}" "${wan[@]}"; do [ "$f" = "$l" ] && skip=1; done
   [ $skip -eq 0 ] && main+=("$f")
 done
 it="$here/integration"
@@ -91,7 +94,7 @@ quick_tests=(
 ceiling=540
 if [ $quick -eq 1 ] && [ -z "${DCGATE_IT_ONLY:-}" ]; then
   echo "run-integration: --quick: core subset only (no interop, long or slow-client tests)" >&2
-  long=(); main=("${quick_tests[@]}")
+  long=(); wan=(); main=("${quick_tests[@]}")
   ceiling=300
 fi
 if [ -n "${DCGATE_IT_ONLY:-}" ]; then
@@ -102,12 +105,12 @@ if [ -n "${DCGATE_IT_ONLY:-}" ]; then
     p="$(cd "$(dirname "$o")" && pwd)/$(basename "$o")"
     case " ${long[*]} " in *" $p "*) sel_long+=("$p$sel") ;; *) sel_main+=("$p$sel") ;; esac
   done
-  long=("${sel_long[@]+"${sel_long[@]}"}"); main=("${sel_main[@]+"${sel_main[@]}"}")
+  long=("${sel_long[@]+"${sel_long[@]}"}"); main=("${sel_main[@]+"${sel_main[@]}"}"); wan=()
 fi
 
-if [ "${DCGATE_IT_FAST:-0}" = 1 ] && [ ${#long[@]} -gt 0 ]; then
-  echo "run-integration: DCGATE_IT_FAST=1: running without: ${long[*]##*/}" >&2
-  long=()
+if [ "${DCGATE_IT_FAST:-0}" = 1 ] && [ $((${#long[@]} + ${#wan[@]})) -gt 0 ]; then
+  echo "run-integration: DCGATE_IT_FAST=1: running without: ${long[*]##*/} ${wan[*]##*/}" >&2
+  long=(); wan=()
 fi
 
 work="$(mktemp -d /tmp/dcgate-it-run.XXXXXX)"
@@ -135,11 +138,14 @@ run_group() { # name files...
 
 run_group long "${long[@]+"${long[@]}"}" &
 long_pid=$!
+run_group wan "${wan[@]+"${wan[@]}"}" &
+wan_pid=$!
 run_group main "${main[@]+"${main[@]}"}"
 wait "$long_pid"
+wait "$wan_pid"
 
 passed=0; failed=0; skipped=0
-for g in main long; do
+for g in main long wan; do
   echo "===== integration group: $g ====="
   [ -f "$work/$g.log" ] && cat "$work/$g.log"
   read -r p f s <"$work/$g.sum"

@@ -38,6 +38,9 @@
 #define WAN "wan"
 #define RECV_MAX ((size_t)DG_WAN_MAX_MSG + 1024)
 #define SUSPECT_MS 6000	    /* a suspect silent this long is failed */
+#define SUSPECT_DOWN_MS 3000 /* ... or this long when its link is down too (a reset or a
+			      * refused redial: the process is gone, not slow) */
+#define RECYCLE_MS 5000	    /* a failed member's sockets are replaced this often */
 #define PROBE_MIN_MS 250    /* no probe timeout below this */
 #define PROBE_MAX_MS 5000   /* nor above this */
 #define PROBE_FIRST_MS 2000 /* before the first RTT sample */
@@ -62,6 +65,7 @@ struct peer {
 	int ctl_pipes, data_pipes;
 	bool ever_linked; /* a data link has been up at least once */
 	uint64_t added_ms;
+	uint64_t recycled_ms; /* when its sockets were last replaced */
 	bool have_rtt;
 	double srtt, rttvar;
 	uint64_t last_ok_ms; /* 0: never */
@@ -223,8 +227,20 @@ static unsigned probe_timeout(const struct peer *p)
 	return (unsigned)t;
 }
 
+/* How long a suspect may stay silent before it is failed. A stall of the network keeps TCP
+ * links up, so a member whose link is down as well (reset, or refused on redial) is judged
+ * sooner: that is a dead process, and the issue's bound is to notice it within 10 s. */
+static unsigned suspect_limit(const struct peer *p)
+{
+	return p->ever_linked && p->ctl_pipes == 0 ? SUSPECT_DOWN_MS : SUSPECT_MS;
+}
+
 static void rtt_sample(struct peer *p, double ms)
 {
+	/* an answer held up by a stall of the whole network says nothing about the link's usual
+	 * round trip: such samples count at most as 4 times the current estimate */
+	if (p->have_rtt && ms > 4 * p->srtt + 100)
+		ms = 4 * p->srtt + 100;
 	if (!p->have_rtt) {
 		p->srtt = ms;
 		p->rttvar = ms / 2;
@@ -410,11 +426,16 @@ static void pipe_cb(nng_pipe pipe, nng_pipe_ev ev, void *arg)
 {
 	struct peer *p = arg;
 	dg_wan *w = p->w;
-	nng_socket s = nng_pipe_socket(pipe);
-	bool is_data = nng_socket_id(s) == nng_socket_id(p->data);
+	int id = nng_socket_id(nng_pipe_socket(pipe));
 	struct op *cancel[64];
 	int ncancel = 0;
 	pthread_mutex_lock(&w->mu);
+	bool is_data = p->open && id == nng_socket_id(p->data);
+	if (!is_data && !(p->open && id == nng_socket_id(p->ctl))) {
+		/* a socket already replaced (recycled or closed): its pipes count for nothing */
+		pthread_mutex_unlock(&w->mu);
+		return;
+	}
 	int *count = is_data ? &p->data_pipes : &p->ctl_pipes;
 	if (ev == NNG_PIPE_EV_ADD_POST) {
 		(*count)++;
@@ -441,7 +462,6 @@ static void peer_open(dg_wan *w, struct peer *p)
 	char url[400], err[512];
 	nng_tls_config *tls = NULL;
 	nng_socket ctl = NNG_SOCKET_INITIALIZER, data = NNG_SOCKET_INITIALIZER;
-	nng_dialer d;
 	int rv;
 	struct dg_wan_wire_member m;
 	pthread_mutex_lock(&w->mu);
@@ -453,6 +473,7 @@ static void peer_open(dg_wan *w, struct peer *p)
 		goto fail;
 	}
 	nng_socket *socks[2] = {&ctl, &data};
+	nng_dialer dialers[2];
 	for (int i = 0; i < 2; i++) {
 		nng_socket *s = socks[i];
 		if ((rv = nng_req0_open(s)) != 0 ||
@@ -463,13 +484,14 @@ static void peer_open(dg_wan *w, struct peer *p)
 		    (rv = nng_socket_set_ms(*s, NNG_OPT_RECONNMAXT, 2000)) != 0 ||
 		    (rv = nng_pipe_notify(*s, NNG_PIPE_EV_ADD_POST, pipe_cb, p)) != 0 ||
 		    (rv = nng_pipe_notify(*s, NNG_PIPE_EV_REM_POST, pipe_cb, p)) != 0 ||
-		    (rv = nng_dialer_create(&d, *s, url)) != 0 ||
-		    (rv = nng_dialer_set_ptr(d, NNG_OPT_TLS_CONFIG, tls)) != 0 ||
-		    (rv = nng_dialer_start(d, NNG_FLAG_NONBLOCK)) != 0) {
+		    (rv = nng_dialer_create(&dialers[i], *s, url)) != 0 ||
+		    (rv = nng_dialer_set_ptr(dialers[i], NNG_OPT_TLS_CONFIG, tls)) != 0) {
 			DG_LOGW(WAN, "cannot dial %s at %s: %s", m.name, url, nng_strerror(rv));
 			goto fail;
 		}
 	}
+	/* the sockets are the peer's before any link can come up: pipe_cb counts only the
+	 * peer's current sockets */
 	pthread_mutex_lock(&w->mu);
 	p->ctl = ctl;
 	p->data = data;
@@ -477,6 +499,15 @@ static void peer_open(dg_wan *w, struct peer *p)
 	p->open = true;
 	p->opening = false;
 	pthread_mutex_unlock(&w->mu);
+	for (int i = 0; i < 2; i++)
+		if ((rv = nng_dialer_start(dialers[i], NNG_FLAG_NONBLOCK)) != 0) {
+			/* the timer thread closes them and dials again later */
+			DG_LOGW(WAN, "cannot dial %s at %s: %s", m.name, url, nng_strerror(rv));
+			pthread_mutex_lock(&w->mu);
+			p->closing = true;
+			pthread_mutex_unlock(&w->mu);
+			return;
+		}
 	DG_LOGD(WAN, "dialing %s at %s", m.name, url);
 	return;
 fail:
@@ -1382,6 +1413,7 @@ static void *timer_main(void *arg)
 					p->closing = false;
 					p->ctl_pipes = p->data_pipes = 0;
 					p->tls = NULL;
+					p->ctl = p->data = (nng_socket)NNG_SOCKET_INITIALIZER;
 				} else {
 					free(c);
 					free(d);
@@ -1397,13 +1429,24 @@ static void *timer_main(void *arg)
 			}
 			if (!p->open)
 				continue;
-			if (p->m.status == DG_WAN_SUSPECT && now - p->suspect_since >= SUSPECT_MS &&
-			    (p->last_ok_ms == 0 || now - p->last_ok_ms >= SUSPECT_MS)) {
+			unsigned limit = suspect_limit(p);
+			if (p->m.status == DG_WAN_SUSPECT && now - p->suspect_since >= limit &&
+			    (p->last_ok_ms == 0 || now - p->last_ok_ms >= limit)) {
 				p->m.status = DG_WAN_FAILED;
 				w->stats.failures_declared++;
-				DG_LOGW(WAN, "member %s failed: suspect for %d ms with no answer, "
-					     "direct or indirect",
-					p->m.name, SUSPECT_MS);
+				DG_LOGW(WAN, "member %s failed: suspect for %u ms with no answer, "
+					     "direct or indirect%s",
+					p->m.name, limit,
+					p->ctl_pipes == 0 ? ", and its link is down" : "");
+			}
+			/* a failed member's links may be TCP connections stuck in retransmission
+			 * backoff (a partition: minutes), or a connect whose SYNs are backing off:
+			 * replace them now and then, so that when the member comes back a fresh
+			 * connection finds it within RECYCLE_MS */
+			if (p->m.status == DG_WAN_FAILED && now - p->recycled_ms >= RECYCLE_MS) {
+				p->recycled_ms = now;
+				p->closing = true;
+				continue;
 			}
 			if (!p->probing && now >= p->next_probe_ms && nstart < 256) {
 				struct op *o = probe_prepare(w, p);
