@@ -46,7 +46,7 @@ import threading
 import time
 import unittest
 
-from harness import Agent, AddressLease, dcgate_bin, wait_until
+from harness import Agent, AddressLease, dcgate_bin, unb64, wait_until
 from test_tls_matrix import CA, SP_REQ_HEADER, describe, run_dcgate, tls_config, write_json
 
 SANITIZED = os.environ.get("DCGATE_SANITIZED") == "1"
@@ -819,6 +819,68 @@ class JoinWaysTest(unittest.TestCase):
                    "s-jb.jb to be left (or gone) after force-leave")
         self.assertEqual(self.statuses(ja).get("s-ja.ja"), 1)
         self._passed = True
+
+
+class CachedRemoteReadTest(unittest.TestCase):
+    """?cached on a remote read: the first is fetched (X-Cache: MISS), the next answered from
+    dc1's copy (HIT, Age 0), the copy follows changes in the remote DC by itself (background
+    blocking refresh), and while the remote DC is down the copy is served only when
+    Cache-Control: stale-if-error allows it. Two one-server DCs of its own (ca1, ca2)."""
+
+    def setUp(self):
+        self.tmpdir = tempfile.mkdtemp(prefix="dcgate-it-fedcache-")
+        self.ca = CA(os.path.join(self.tmpdir, "pki"))
+        self.agents = []
+
+    def tearDown(self):
+        for a in self.agents:
+            a.close()
+        if not os.environ.get("DCGATE_IT_KEEP"):
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
+
+    def server(self, dc, extra_config=None):
+        a = Agent(name="fedcache-" + dc, node="s-" + dc, datacenter=dc, dev=False)
+        self.agents.append(a)
+        cert, key = self.ca.issue("server", dc)
+        cfg = write_json(os.path.join(a.tmpdir, "federation.json"),
+                         tls_config(self.ca.cert, cert, key, extra=extra_config))
+        a.extra_args += ["-config-file", cfg]
+        return a.start()
+
+    def counter(self, agent, name):
+        m = agent.get("/v1/agent/metrics").json()
+        return next((c["Count"] for c in m.get("Counters", []) if c["Name"] == name), None)
+
+    def test_cached_copy_follows_and_serves_stale_if_allowed(self):
+        c1 = self.server("ca1")
+        c2 = self.server("ca2", extra_config={"retry_join_wan": [c1.addr]})
+        wait_until(lambda: all_reachable(c1, ["ca1", "ca2"]), FED_TIMEOUT, 0.1, "ca2 reachable from ca1")
+        self.assertEqual(c2.put("/v1/kv/cached/k", "v1").status, 200)
+        path = "/v1/kv/cached/k?dc=ca2&cached"
+        r = c1.get(path)
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.header("X-Cache"), "MISS", r)
+        self.assertEqual(unb64(r.json()[0]["Value"]), "v1")
+        r = c1.get(path)
+        self.assertEqual((r.status, r.header("X-Cache"), r.header("Age")), (200, "HIT", "0"), r)
+        self.assertEqual(r.index, c2.get("/v1/kv/cached/k").index, "the remote DC's index")
+        # the copy follows the remote DC without a miss
+        self.assertEqual(c2.put("/v1/kv/cached/k", "v2").status, 200)
+        wait_until(lambda: unb64(c1.get(path).json()[0]["Value"]) == "v2", 30, 0.2,
+                   "the cached copy to show v2")
+        r = c1.get(path)
+        self.assertEqual(r.header("X-Cache"), "HIT", r)
+        self.assertGreaterEqual(self.counter(c1, "dcgate.federation.cache_hits"), 2)
+        # the remote DC goes away: no stale answer unless the client allows one
+        c2.kill9()
+        wait_until(lambda: c1.get(path).status == 500, 30, 0.2, "a plain ?cached read to fail")
+        r = c1.get(path)
+        self.assertEqual(r.status, 500, r)
+        self.assertEqual(r.text.rstrip("\n"), "Remote DC has no server currently reachable")
+        r = c1.get(path, headers={"Cache-Control": "stale-if-error=600"})
+        self.assertEqual((r.status, r.header("X-Cache")), (200, "HIT"), r)
+        self.assertEqual(unb64(r.json()[0]["Value"]), "v2")
+        self.assertGreaterEqual(int(r.header("Age")), 0)
 
 
 class WanWithoutCertificatesTest(unittest.TestCase):
