@@ -13,16 +13,6 @@
 #include <string.h>
 #include <strings.h>
 
-static bool foreign_dc(struct dg_req *r)
-{
-	return r->q.dc && strcmp(r->q.dc, dg_http_dc(r)) != 0;
-}
-
-static int no_path(struct dg_req *r)
-{
-	return dg_reply_text(r, 500, "No path to datacenter", 0);
-}
-
 
 struct walk {
 	struct dg_req *r;
@@ -98,8 +88,6 @@ static int health_node(struct dg_req *r)
 {
 	if (!*r->arg)
 		return dg_reply_text(r, 400, "Missing node name", 0);
-	if (foreign_dc(r))
-		return no_path(r);
 	return dg_serve_read(r, DG_TOPIC_CHECKS | DG_TOPIC_SERVICES, r->arg, checks_index,
 			  node_build);
 }
@@ -135,8 +123,6 @@ static int health_checks(struct dg_req *r)
 {
 	if (!*r->arg)
 		return dg_reply_text(r, 400, "Missing service name", 0);
-	if (foreign_dc(r))
-		return no_path(r);
 	return dg_serve_read(r, DG_TOPIC_SERVICE, r->arg, service_index, checks_build);
 }
 
@@ -202,8 +188,6 @@ static int health_service(struct dg_req *r)
 {
 	if (!*r->arg)
 		return dg_reply_text(r, 400, "Missing service name", 0);
-	if (foreign_dc(r))
-		return no_path(r);
 	return dg_serve_read(r, DG_TOPIC_SERVICE, r->arg, service_index, service_build);
 }
 
@@ -237,8 +221,6 @@ static int health_state(struct dg_req *r)
 {
 	if (!*r->arg)
 		return dg_reply_text(r, 400, "Missing check state", 0);
-	if (foreign_dc(r))
-		return no_path(r);
 	unsigned topics =
 		DG_TOPIC_CHECKS | DG_TOPIC_SERVICES | (r->q.nnode_meta ? DG_TOPIC_NODES : 0);
 	return dg_serve_read(r, topics, NULL, checks_index, state_build);
