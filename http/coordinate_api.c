@@ -16,57 +16,32 @@ static json_t *enc_coordinate(const char *node)
 			 "Adjustment", 0, "Height", 1e-5);
 }
 
-/* Answers with body (reference taken) and the blocking headers. Not dg_reply_json(): that one
- * writes reals with 17 digits ("Height":1.0000000000000001e-05); 15 give 1e-5, the number
- * Consul writes as 1e-05, and read back as the same double. For the same reason these reads skip
- * the response cache (dg_serve_read), which encodes the same way; they are small and rare. */
-static int reply_coords(struct dg_req *r, json_t *body, uint64_t index)
-{
-	size_t flags = (r->q.pretty ? JSON_INDENT(4) : JSON_COMPACT) | JSON_REAL_PRECISION(15);
-	char *text = body ? json_dumps(body, flags) : NULL;
-	json_decref(body);
-	if (!text)
-		return dg_reply_text(r, 500, "out of memory", 0);
-	size_t len = strlen(text);
-	if (r->q.pretty) {
-		char *t = realloc(text, len + 2);
-		if (!t) {
-			free(text);
-			return dg_reply_text(r, 500, "out of memory", 0);
-		}
-		text = t;
-		text[len++] = '\n';
-		text[len] = 0;
-	}
-	return dg_reply_json_text(r, 200, text, len, index);
-}
-
 static int add_node(void *arg, const struct dg_cat_node *n)
 {
 	json_t *e = enc_coordinate(n->name);
 	return e && json_array_append_new(arg, e) == 0 ? 0 : DG_ENOMEM;
 }
 
+static uint64_t nodes_index(struct dg_req *r, dg_catalog *cat)
+{
+	return dg_cat_index_nodes_locked(cat);
+}
+
+static json_t *nodes_build(struct dg_req *r, dg_catalog *cat)
+{
+	json_t *out = json_array();
+	if (out && dg_cat_nodes_walk_locked(cat, add_node, out) != 0) {
+		json_decref(out);
+		return NULL;
+	}
+	return out;
+}
+
 /* GET /v1/coordinate/nodes: every node, sorted by name; the node table's index, parked on any
  * node change as catalog/nodes is. */
 static int coordinate_nodes(struct dg_req *r)
 {
-	dg_catalog *cat = dg_http_cat(r);
-	dg_cat_rdlock(cat);
-	uint64_t seen = dg_cat_last_index(cat);
-	uint64_t index = dg_cat_index_nodes_locked(cat);
-	if (dg_req_should_block(r, index)) {
-		dg_cat_unlock(cat);
-		return dg_req_block(r, DG_TOPIC_NODES, NULL, false, seen);
-	}
-	json_t *out = json_array();
-	int rv = out ? dg_cat_nodes_walk_locked(cat, add_node, out) : DG_ENOMEM;
-	dg_cat_unlock(cat);
-	if (rv != 0) {
-		json_decref(out);
-		return dg_reply_text(r, 500, "out of memory", 0);
-	}
-	return reply_coords(r, out, index);
+	return dg_serve_read(r, DG_TOPIC_NODES, NULL, nodes_index, nodes_build);
 }
 
 /* GET /v1/coordinate/node/:node: a one-element array, or 404 with an empty body (Consul writes
@@ -89,7 +64,7 @@ static int coordinate_node(struct dg_req *r)
 		return dg_reply_raw(r, 404, "", 0, NULL, index);
 	if (!out)
 		return dg_reply_text(r, 500, "out of memory", 0);
-	return reply_coords(r, out, index);
+	return dg_reply_json(r, 200, out, index);
 }
 
 /* ---- PUT /v1/coordinate/update ---- */
