@@ -743,12 +743,13 @@ setTimeout(() => { console.log(JSON.stringify({ error: "timed out" })); process.
         self.same_as_direct("west", "east", "/v1/catalog/service/web")
 
 
-class JoinWaysTest(unittest.TestCase):
-    """The other ways in (the -join-wan flag, start_join_wan in a config file) and out (`dcgate
-    leave`, `dcgate force-leave -wan`), on three one-server DCs of their own: ja, jb, jc."""
+class OwnServersTestCase(unittest.TestCase):
+    """A test with one-server DCs of its own, from a CA of its own; `name` prefixes its temp
+    dir and agents."""
+    name = "fedown"
 
     def setUp(self):
-        self.tmpdir = tempfile.mkdtemp(prefix="dcgate-it-fedjoin-")
+        self.tmpdir = tempfile.mkdtemp(prefix="dcgate-it-%s-" % self.name)
         self.ca = CA(os.path.join(self.tmpdir, "pki"))
         self.agents = []
 
@@ -757,6 +758,21 @@ class JoinWaysTest(unittest.TestCase):
             a.close()
         if not os.environ.get("DCGATE_IT_KEEP"):
             shutil.rmtree(self.tmpdir, ignore_errors=True)
+
+    def server(self, dc, extra_args=(), extra_config=None):
+        a = Agent(name="%s-%s" % (self.name, dc), node="s-" + dc, datacenter=dc, dev=False)
+        self.agents.append(a)
+        cert, key = self.ca.issue("server", dc)
+        cfg = write_json(os.path.join(a.tmpdir, "federation.json"),
+                         tls_config(self.ca.cert, cert, key, extra=extra_config))
+        a.extra_args += ["-config-file", cfg] + list(extra_args)
+        return a.start()
+
+
+class JoinWaysTest(OwnServersTestCase):
+    """The other ways in (the -join-wan flag, start_join_wan in a config file) and out (`dcgate
+    leave`, `dcgate force-leave -wan`), on three one-server DCs of their own: ja, jb, jc."""
+    name = "fedjoin"
 
     def run(self, result=None):
         """On a failure, the agents' log tails (read before tearDown removes them)."""
@@ -772,15 +788,6 @@ class JoinWaysTest(unittest.TestCase):
             orig()
         self.tearDown = tear_down_with_logs
         return super().run(result)
-
-    def server(self, dc, extra_args=(), extra_config=None):
-        a = Agent(name="fedjoin-" + dc, node="s-" + dc, datacenter=dc, dev=False)
-        self.agents.append(a)
-        cert, key = self.ca.issue("server", dc)
-        cfg = write_json(os.path.join(a.tmpdir, "federation.json"),
-                         tls_config(self.ca.cert, cert, key, extra=extra_config))
-        a.extra_args += ["-config-file", cfg] + list(extra_args)
-        return a.start()
 
     def statuses(self, agent):
         return {m["Name"]: m.get("Status") for m in wan_members(agent)}
@@ -821,31 +828,12 @@ class JoinWaysTest(unittest.TestCase):
         self._passed = True
 
 
-class CachedRemoteReadTest(unittest.TestCase):
+class CachedRemoteReadTest(OwnServersTestCase):
     """?cached on a remote read: the first is fetched (X-Cache: MISS), the next answered from
     dc1's copy (HIT, Age 0), the copy follows changes in the remote DC by itself (background
     blocking refresh), and while the remote DC is down the copy is served only when
     Cache-Control: stale-if-error allows it. Two one-server DCs of its own (ca1, ca2)."""
-
-    def setUp(self):
-        self.tmpdir = tempfile.mkdtemp(prefix="dcgate-it-fedcache-")
-        self.ca = CA(os.path.join(self.tmpdir, "pki"))
-        self.agents = []
-
-    def tearDown(self):
-        for a in self.agents:
-            a.close()
-        if not os.environ.get("DCGATE_IT_KEEP"):
-            shutil.rmtree(self.tmpdir, ignore_errors=True)
-
-    def server(self, dc, extra_config=None):
-        a = Agent(name="fedcache-" + dc, node="s-" + dc, datacenter=dc, dev=False)
-        self.agents.append(a)
-        cert, key = self.ca.issue("server", dc)
-        cfg = write_json(os.path.join(a.tmpdir, "federation.json"),
-                         tls_config(self.ca.cert, cert, key, extra=extra_config))
-        a.extra_args += ["-config-file", cfg]
-        return a.start()
+    name = "fedcache"
 
     def counter(self, agent, name):
         m = agent.get("/v1/agent/metrics").json()
