@@ -94,8 +94,8 @@ static void served_done(void *arg, int status, json_t *headers, const char *body
 		dg_wan_reply(s->job, DG_WAN_ERROR, e, NULL, 0);
 		json_decref(e);
 	} else {
-		json_t *h = json_pack("{s:i, s:O}", "Status", status, "Headers",
-				      headers ? headers : json_object());
+		json_t *h = json_pack("{s:i, s:o}", "Status", status, "Headers",
+				      headers ? json_incref(headers) : json_object());
 		dg_wan_reply(s->job, DG_WAN_HTTP_REPLY, h, body, len);
 		json_decref(h);
 	}
