@@ -23,12 +23,13 @@ static const char *const type_names[] = {
     [DG_WAN_PUSHPULL] = "PUSHPULL", [DG_WAN_LEAVE] = "LEAVE",
     [DG_WAN_ACK] = "ACK",	    [DG_WAN_INDIRECT] = "INDIRECT",
     [DG_WAN_HTTP] = "HTTP",	    [DG_WAN_HTTP_REPLY] = "HTTP_REPLY",
-    [DG_WAN_ERROR] = "ERROR",
+    [DG_WAN_ERROR] = "ERROR",	    [DG_WAN_BATCH] = "BATCH",
+    [DG_WAN_BATCH_REPLY] = "BATCH_REPLY",
 };
 
 static bool type_known(int type)
 {
-	return type >= DG_WAN_PING && type <= DG_WAN_ERROR;
+	return type >= DG_WAN_PING && type <= DG_WAN_BATCH_REPLY;
 }
 
 const char *dg_wan_type_name(int type)
@@ -250,6 +251,204 @@ void dg_wan_msg_fini(struct dg_wan_msg *m)
 		return;
 	json_decref(m->hdr);
 	m->hdr = NULL;
+}
+
+/* ---- batches ---- */
+
+#define BATCH_ITEM_PREFIX 4 /* each item's big-endian length */
+/* room kept for the message's own prefix and header, {"Count":64} */
+#define BATCH_HDR_ROOM (MSG_PREFIX_LEN + 18)
+#define RESEND_TEXT "answer too large for a batch: ask again alone"
+
+static bool batch_type(int type)
+{
+	return type == DG_WAN_BATCH || type == DG_WAN_BATCH_REPLY;
+}
+
+/* A BATCH carries forwarded requests, a BATCH_REPLY their answers: nothing else, and no batch
+ * inside a batch, so an item is always served (or answered) the way a message alone would be. */
+static bool item_allowed(enum dg_wan_type batch, int type)
+{
+	if (batch == DG_WAN_BATCH)
+		return type == DG_WAN_HTTP;
+	return type == DG_WAN_HTTP_REPLY || type == DG_WAN_ERROR;
+}
+
+void dg_wan_batch_init(struct dg_wan_batch *b, enum dg_wan_type type, size_t max)
+{
+	b->type = type;
+	dg_buf_init(&b->body);
+	b->count = 0;
+	b->max = max > DG_WAN_MAX_MSG ? DG_WAN_MAX_MSG : max;
+}
+
+void dg_wan_batch_fini(struct dg_wan_batch *b)
+{
+	dg_buf_fini(&b->body);
+	b->count = 0;
+}
+
+size_t dg_wan_batch_room(const struct dg_wan_batch *b)
+{
+	size_t used = BATCH_HDR_ROOM + b->body.len + BATCH_ITEM_PREFIX;
+	if (b->count >= DG_WAN_MAX_BATCH || used >= b->max)
+		return 0;
+	return b->max - used;
+}
+
+int dg_wan_batch_add(struct dg_wan_batch *b, const void *item, size_t len)
+{
+	const uint8_t *p = item;
+	if (!batch_type((int)b->type) || !item || len < MSG_PREFIX_LEN || p[0] != DG_WAN_MAGIC ||
+	    !item_allowed(b->type, p[1]))
+		return DG_EINVAL;
+	if (len > dg_wan_batch_room(b))
+		return DG_ETOOBIG;
+	uint8_t pre[BATCH_ITEM_PREFIX] = {(uint8_t)(len >> 24), (uint8_t)(len >> 16),
+					  (uint8_t)(len >> 8), (uint8_t)len};
+	size_t start = b->body.len;
+	int rv;
+	if ((rv = dg_buf_append(&b->body, pre, sizeof(pre))) != 0 ||
+	    (rv = dg_buf_append(&b->body, item, len)) != 0) {
+		buf_truncate(&b->body, start);
+		return rv;
+	}
+	b->count++;
+	return 0;
+}
+
+int dg_wan_batch_encode(const struct dg_wan_batch *b, struct dg_buf *out)
+{
+	if (b->count == 0 || !batch_type((int)b->type))
+		return DG_EINVAL;
+	json_t *hdr = json_pack("{s:I}", "Count", (json_int_t)b->count);
+	if (!hdr)
+		return DG_ENOMEM;
+	int rv = dg_wan_msg_encode(out, b->type, hdr, b->body.data, b->body.len);
+	json_decref(hdr);
+	return rv;
+}
+
+void dg_wan_batch_items_free(struct dg_wan_msg *items, size_t n)
+{
+	if (!items)
+		return;
+	for (size_t i = 0; i < n; i++)
+		dg_wan_msg_fini(&items[i]);
+	free(items);
+}
+
+int dg_wan_batch_decode(const struct dg_wan_msg *m, struct dg_wan_msg **items, size_t *n,
+			char *err, size_t errlen)
+{
+	*items = NULL;
+	*n = 0;
+	if (!batch_type((int)m->type)) {
+		set_err(err, errlen, "%s is not a batch", dg_wan_type_name((int)m->type));
+		return DG_EINVAL;
+	}
+	json_t *c = json_object_get(m->hdr, "Count");
+	if (!json_is_integer(c) || json_integer_value(c) < 1) {
+		set_err(err, errlen, "batch without a Count of at least 1");
+		return DG_EINVAL;
+	}
+	if (json_integer_value(c) > DG_WAN_MAX_BATCH) {
+		set_err(err, errlen, "batch of %lld items, more than %d",
+			(long long)json_integer_value(c), DG_WAN_MAX_BATCH);
+		return DG_ETOOBIG;
+	}
+	size_t count = (size_t)json_integer_value(c);
+	/* the array is for the items the header announces, at most DG_WAN_MAX_BATCH */
+	struct dg_wan_msg *v = calloc(count, sizeof(*v));
+	if (!v) {
+		set_err(err, errlen, "out of memory for %zu items", count);
+		return DG_ENOMEM;
+	}
+	const uint8_t *b = m->body;
+	size_t off = 0, k = 0;
+	char why[200];
+	int rv = DG_EINVAL;
+	while (off < m->body_len) {
+		if (k == count) {
+			set_err(err, errlen, "more items than the Count of %zu", count);
+			goto fail;
+		}
+		if (m->body_len - off < BATCH_ITEM_PREFIX) {
+			set_err(err, errlen, "item %zu: truncated length", k);
+			goto fail;
+		}
+		size_t len = (size_t)b[off] << 24 | (size_t)b[off + 1] << 16 |
+			     (size_t)b[off + 2] << 8 | b[off + 3];
+		off += BATCH_ITEM_PREFIX;
+		if (len > m->body_len - off) {
+			set_err(err, errlen, "item %zu: %zu bytes but only %zu follow", k, len,
+				m->body_len - off);
+			goto fail;
+		}
+		if ((rv = dg_wan_msg_decode(b + off, len, &v[k], why, sizeof(why))) != 0) {
+			set_err(err, errlen, "item %zu: %s", k, why);
+			goto fail;
+		}
+		if (!item_allowed(m->type, (int)v[k].type)) {
+			set_err(err, errlen, "item %zu: a %s cannot travel in a %s", k,
+				dg_wan_type_name((int)v[k].type), dg_wan_type_name((int)m->type));
+			k++;
+			rv = DG_EINVAL;
+			goto fail;
+		}
+		k++;
+		off += len;
+	}
+	if (k != count) {
+		set_err(err, errlen, "%zu items for a Count of %zu", k, count);
+		rv = DG_EINVAL;
+		goto fail;
+	}
+	*items = v;
+	*n = count;
+	return 0;
+fail:
+	dg_wan_batch_items_free(v, k);
+	return rv == DG_ETOOBIG ? DG_ETOOBIG : DG_EINVAL;
+}
+
+bool dg_wan_is_resend(const struct dg_wan_msg *m)
+{
+	return m->type == DG_WAN_ERROR && json_is_true(json_object_get(m->hdr, "Resend"));
+}
+
+int dg_wan_batch_reply_encode(struct dg_buf *out, const struct dg_buf *answers, size_t n,
+			      size_t max, size_t *resends)
+{
+	*resends = 0;
+	if (n == 0 || n > DG_WAN_MAX_BATCH)
+		return DG_EINVAL;
+	struct dg_buf marker;
+	dg_buf_init(&marker);
+	json_t *mh = json_pack("{s:s, s:b}", "Error", RESEND_TEXT, "Resend", 1);
+	int rv = mh ? dg_wan_msg_encode(&marker, DG_WAN_ERROR, mh, NULL, 0) : DG_ENOMEM;
+	json_decref(mh);
+	struct dg_wan_batch b;
+	dg_wan_batch_init(&b, DG_WAN_BATCH_REPLY, max);
+	size_t resent = 0;
+	for (size_t i = 0; rv == 0 && i < n; i++) {
+		/* what the answers after this one need at least: a marker each */
+		size_t later = (n - i - 1) * (marker.len + BATCH_ITEM_PREFIX);
+		size_t room = dg_wan_batch_room(&b);
+		if (answers[i].len <= room && room - answers[i].len >= later) {
+			rv = dg_wan_batch_add(&b, answers[i].data, answers[i].len);
+		} else {
+			rv = dg_wan_batch_add(&b, marker.data, marker.len);
+			resent++;
+		}
+	}
+	if (rv == 0)
+		rv = dg_wan_batch_encode(&b, out);
+	dg_wan_batch_fini(&b);
+	dg_buf_fini(&marker);
+	if (rv == 0)
+		*resends = resent;
+	return rv;
 }
 
 /* ---- members ---- */

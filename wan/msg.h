@@ -19,6 +19,13 @@
  *              the request body                                    -> HTTP_REPLY
  *   HTTP_REPLY {"Status":200,"Headers":{"X-Consul-Index":"12",..}} body = the response body
  *   ERROR      {"Error":"text"}: the request could not be served (any request may get it)
+ *   BATCH      {"Count":n} body = n items (1..DG_WAN_MAX_BATCH), each a 4-byte big-endian length
+ *              then one whole HTTP message as above                -> BATCH_REPLY (or ERROR
+ *              for the whole batch)
+ *   BATCH_REPLY {"Count":n} body = n items in the order asked, framed the same way, each an
+ *              HTTP_REPLY or an ERROR. An ERROR with "Resend":true says the answer did not fit
+ *              in this batch's reply: the requester asks again with that request alone. Only
+ *              non-blocking reads travel in batches (wan/wan.c), so asking again is safe.
  * A member in a PUSHPULL body: {"Name":"s1.east","Node":"s1","Datacenter":"east",
  *   "Addr":"127.0.0.2","Port":8302,"Status":1,"Inc":3,"Build":"0.3.0"} (Status: 1 alive,
  *   2 leaving, 3 left, 4 failed, 5 suspect). */
@@ -26,6 +33,7 @@
 #define DG_WAN_MSG_H
 
 #include <jansson.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -43,7 +51,14 @@ enum dg_wan_type {
 	DG_WAN_HTTP = 7,
 	DG_WAN_HTTP_REPLY = 8,
 	DG_WAN_ERROR = 9,
+	DG_WAN_BATCH = 10,
+	DG_WAN_BATCH_REPLY = 11,
 };
+
+/* Items in one BATCH or BATCH_REPLY: enough to carry every request of a busy peer in one
+ * message (the requester sends what waited while its batches were in flight), few enough that
+ * the answer of one batch (each answer up to a KV value's size) is not held up long. */
+#define DG_WAN_MAX_BATCH 64
 
 /* A decoded message; body points into the buffer given to the decoder. */
 struct dg_wan_msg {
@@ -68,6 +83,46 @@ int dg_wan_msg_decode(const void *buf, size_t len, struct dg_wan_msg *out, char 
 void dg_wan_msg_fini(struct dg_wan_msg *m);
 /* The type's name for logs ("PING", ...; "unknown" otherwise). */
 const char *dg_wan_type_name(int type);
+
+/* ---- batches ---- */
+
+/* A batch being built: the framed items of a BATCH or BATCH_REPLY body. Caller storage. */
+struct dg_wan_batch {
+	enum dg_wan_type type; /* DG_WAN_BATCH or DG_WAN_BATCH_REPLY */
+	struct dg_buf body;
+	size_t count;
+	size_t max; /* the whole message's limit: DG_WAN_MAX_MSG (tests lower it) */
+};
+/* type is DG_WAN_BATCH or DG_WAN_BATCH_REPLY; max at most DG_WAN_MAX_MSG. */
+void dg_wan_batch_init(struct dg_wan_batch *b, enum dg_wan_type type, size_t max);
+void dg_wan_batch_fini(struct dg_wan_batch *b);
+/* The largest item that may still be added (0 when full). */
+size_t dg_wan_batch_room(const struct dg_wan_batch *b);
+/* Appends one item, a whole encoded message (dg_wan_msg_encode) of a type the batch may carry:
+ * HTTP in a BATCH, HTTP_REPLY or ERROR in a BATCH_REPLY. 0, DG_ETOOBIG (no room: over max, or
+ * DG_WAN_MAX_BATCH items already), DG_EINVAL (not a message of an allowed type), DG_ENOMEM.
+ * On failure the batch is left as it was. */
+int dg_wan_batch_add(struct dg_wan_batch *b, const void *item, size_t len);
+/* Appends the whole message (at least one item) to out. 0, DG_EINVAL (empty), DG_ENOMEM. */
+int dg_wan_batch_encode(const struct dg_wan_batch *b, struct dg_buf *out);
+/* The items of a decoded BATCH or BATCH_REPLY, checked: Count in 1..DG_WAN_MAX_BATCH and equal
+ * to the items found, each framed within the body, each a message that decodes and is of a type
+ * the batch may carry. *items is a new array of *n messages whose bodies point into m's body
+ * (free with dg_wan_batch_items_free, before m's buffer goes). DG_EINVAL / DG_ETOOBIG with the
+ * reason in err, *items NULL. */
+int dg_wan_batch_decode(const struct dg_wan_msg *m, struct dg_wan_msg **items, size_t *n,
+			char *err, size_t errlen);
+void dg_wan_batch_items_free(struct dg_wan_msg *items, size_t n);
+/* A BATCH_REPLY of the n answers (each a whole encoded HTTP_REPLY or ERROR), appended to out,
+ * at most max bytes (DG_WAN_MAX_MSG; tests lower it): answers are taken in order while they fit
+ * with room left for a resend marker for each one after them; an answer that does not fit is
+ * replaced by the marker (an ERROR with "Resend":true), so the requester asks for it alone.
+ * *resends counts the markers. 0, DG_ETOOBIG (not even the markers fit), DG_EINVAL, DG_ENOMEM;
+ * on failure out is left as it was. */
+int dg_wan_batch_reply_encode(struct dg_buf *out, const struct dg_buf *answers, size_t n,
+			      size_t max, size_t *resends);
+/* True if m is the resend marker of a BATCH_REPLY item. */
+bool dg_wan_is_resend(const struct dg_wan_msg *m);
 
 /* One member of the WAN pool as it travels in a PUSHPULL body. */
 #define DG_WAN_NAME_MAX 256 /* "<node>.<dc>" */
