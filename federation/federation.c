@@ -244,6 +244,22 @@ static char *read_key(const struct dg_fed_request *req, bool for_cache)
 	return k;
 }
 
+/* True if a read is a blocking query: its query string has index= (or a name with a %-escape,
+ * which might decode to index: such reads are not batched, to be safe). A blocking query may
+ * wait minutes, so it must not travel in a batch whose other answers would wait with it. */
+static bool may_block(const char *path_query)
+{
+	const char *q = strchr(path_query, '?');
+	while (q) {
+		const char *name = q + 1;
+		size_t len = strcspn(name, "=&");
+		if ((len == 5 && memcmp(name, "index", 5) == 0) || memchr(name, '%', len))
+			return true;
+		q = strchr(name, '&');
+	}
+	return false;
+}
+
 int dg_fed_forward(dg_fed *f, const struct dg_fed_request *req, dg_fed_done_fn cb, void *arg)
 {
 	if (!f || !f->wan)
@@ -302,8 +318,13 @@ int dg_fed_forward(dg_fed *f, const struct dg_fed_request *req, dg_fed_done_fn c
 	}
 	atomic_fetch_add(&f->forwards, 1);
 	atomic_fetch_add(&f->in_flight, 1);
+	/* reads may go to another server when theirs fails; non-blocking ones may also share a
+	 * WAN message with other reads to the same server (wan/wan.c batches them) */
+	unsigned flags = !read ? 0
+			 : req->len || may_block(req->path_query) ? DG_WAN_REQ_RETRYABLE
+								  : DG_WAN_REQ_BATCHABLE;
 	int rv = dg_wan_request(f->wan, req->dc, DG_WAN_HTTP, hdr, req->body, req->len,
-				ms + WAN_MARGIN_MS, read, forward_done, fw);
+				ms + WAN_MARGIN_MS, flags, forward_done, fw);
 	json_decref(hdr);
 	if (rv != 0) {
 		/* refused at once: twins that joined meanwhile get the same answer */

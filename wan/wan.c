@@ -53,6 +53,11 @@
 #define MAX_JOBS 8192	  /* forwarded requests served at once */
 #define IDLE_RECEIVERS 4 /* jobs kept waiting for requests; more are parked */
 #define TICK_MS 100
+/* Batchable requests (forwarded non-blocking reads) in flight to one server at once, each
+ * alone or a BATCH; more wait and leave together when one comes back. Two keeps the link
+ * busy while an answer is on its way back and the next batch fills (one halves throughput
+ * under load, more makes smaller batches for little gain: docs/federation.md has the figures). */
+#define BATCH_SLOTS 2
 
 struct peer {
 	dg_wan *w;
@@ -73,10 +78,24 @@ struct peer {
 	uint64_t next_probe_ms;
 	bool probing;
 	bool want_pushpull;
+	/* forwarded reads (mu): BATCH_SLOTS of them in flight on `data` at most (each a request
+	 * alone or a BATCH), and those that came meanwhile, oldest first */
+	int batch_slots;
+	struct op *queue, *queue_tail;
+	size_t nqueued;
 	struct peer *next;
 };
 
-enum op_kind { OP_PROBE, OP_INDIRECT_ASK, OP_INDIRECT_PROBE, OP_PUSHPULL, OP_REQ, OP_JOIN, OP_LEAVE };
+enum op_kind {
+	OP_PROBE,
+	OP_INDIRECT_ASK,
+	OP_INDIRECT_PROBE,
+	OP_PUSHPULL,
+	OP_REQ,
+	OP_BATCH, /* carries OP_REQs that are batchable; they stay in the in-flight list too */
+	OP_JOIN,
+	OP_LEAVE
+};
 
 struct indirect_round {
 	struct peer *target;
@@ -101,6 +120,16 @@ struct op {
 	struct dg_wan_job *job;
 	/* OP_REQ */
 	bool retryable;
+	bool batchable; /* may travel in a BATCH (a non-blocking read) */
+	bool alone;	/* its answer did not fit in a batch: from now on it is sent alone */
+	bool slot;	/* holds one of its peer's batch slots (OP_REQ sent alone, or OP_BATCH) */
+	struct op *qnext; /* in its peer's queue (mu) */
+	struct op *snext; /* in a struct after */
+	nng_socket sock;  /* where a struct after starts it */
+	int err;	  /* how a struct after ends it */
+	/* OP_BATCH: the requests it carries, in the order of the message */
+	struct op **items;
+	size_t nitems;
 	dg_wan_reply_fn cb;
 	void *arg;
 	struct peer *tried[8];
@@ -122,8 +151,21 @@ struct dg_wan_job {
 	nng_ctx ctx;
 	nng_aio *aio;
 	int stage; /* 0: receiving, 1: sending, 2: working on it, 3: parked */
+	size_t held; /* requests it counts for in w->working while at stage 2 */
+	/* one request of a BATCH (no socket of its own): its answer goes to the batch */
+	struct batch_serve *batch;
+	size_t index;
 	struct dg_wan_job *next;	/* every job ever made, for dg_wan_free (mu) */
 	struct dg_wan_job *next_parked; /* jobs waiting to be reused (mu) */
+};
+
+/* A BATCH being served: one job per request for the serve function; when the last one is
+ * answered, the answers go back in one BATCH_REPLY on the job that received the batch. */
+struct batch_serve {
+	struct dg_wan_job *parent;
+	size_t n, pending; /* pending: w->mu */
+	struct dg_wan_job *subs; /* n */
+	struct dg_buf *answers;	 /* n, each a whole encoded answer */
 };
 
 struct retry_addr {
@@ -296,6 +338,7 @@ static void op_free(struct op *o)
 		nng_ctx_close(o->ctx);
 	nng_aio_reap(o->aio);
 	dg_buf_fini(&o->msg);
+	free(o->items); /* the requests themselves are freed on their own */
 	free(o);
 }
 
@@ -358,6 +401,8 @@ static void op_start(struct op *o, nng_socket sock)
 }
 
 static void op_done(struct op *o, int err, const struct dg_wan_msg *reply);
+static void batch_done(struct op *c, int err, const struct dg_wan_msg *reply,
+		       const struct dg_wan_msg *items);
 
 static int nng_to_dg(int rv)
 {
@@ -403,8 +448,25 @@ static void op_cb(void *arg)
 	nng_msg *m = nng_aio_get_msg(o->aio);
 	__atomic_add_fetch(&o->w->stats.bytes_received, nng_msg_len(m), __ATOMIC_RELAXED);
 	struct dg_wan_msg reply;
-	char why[160];
-	if (dg_wan_msg_decode(nng_msg_body(m), nng_msg_len(m), &reply, why, sizeof(why)) != 0) {
+	struct dg_wan_msg *items = NULL;
+	size_t nitems = 0;
+	char why[200] = "";
+	int drv = dg_wan_msg_decode(nng_msg_body(m), nng_msg_len(m), &reply, why, sizeof(why));
+	/* a batch's answers are checked here, with the message's link at hand: a bad one closes
+	 * it like any other undecodable message */
+	if (drv == 0 && o->kind == OP_BATCH && reply.type == DG_WAN_BATCH_REPLY) {
+		drv = dg_wan_batch_decode(&reply, &items, &nitems, why, sizeof(why));
+		if (drv == 0 && nitems != o->nitems) {
+			snprintf(why, sizeof(why), "%zu answers to a batch of %zu requests", nitems,
+				 o->nitems);
+			dg_wan_batch_items_free(items, nitems);
+			items = NULL;
+			drv = DG_EINVAL;
+		}
+		if (drv != 0)
+			dg_wan_msg_fini(&reply);
+	}
+	if (drv != 0) {
 		DG_LOGW(WAN, "bad reply from %s: %s; closing the link",
 			o->peer ? o->peer->m.name : o->addr, why);
 		nng_pipe_close(nng_msg_get_pipe(m));
@@ -415,7 +477,11 @@ static void op_cb(void *arg)
 		op_done(o, DG_EIO, NULL);
 		return;
 	}
-	op_done(o, 0, &reply);
+	if (items)
+		batch_done(o, 0, &reply, items);
+	else
+		op_done(o, 0, &reply);
+	dg_wan_batch_items_free(items, nitems);
 	dg_wan_msg_fini(&reply);
 	nng_msg_free(m);
 }
@@ -805,7 +871,7 @@ static void job_send(struct dg_wan_job *j, struct dg_buf *msg)
 	nng_msg *m = NULL;
 	if (j->stage == 2) {
 		pthread_mutex_lock(&j->w->mu);
-		j->w->working--;
+		j->w->working -= j->held;
 		pthread_mutex_unlock(&j->w->mu);
 	}
 	if (nng_msg_alloc(&m, 0) != 0 || nng_msg_append(m, msg->data, msg->len) != 0) {
@@ -821,6 +887,47 @@ static void job_send(struct dg_wan_job *j, struct dg_buf *msg)
 	nng_ctx_send(j->ctx, j->aio);
 }
 
+static void batch_serve_free(struct batch_serve *b)
+{
+	for (size_t i = 0; i < b->n; i++)
+		dg_buf_fini(&b->answers[i]);
+	free(b->answers);
+	free(b->subs);
+	free(b);
+}
+
+/* One request of a batch is answered (out: its encoded answer, taken). The last one sends the
+ * batch's reply: answers too large to fit with the others become "ask again alone" markers. */
+static void batch_answer(struct dg_wan_job *j, struct dg_buf *out)
+{
+	struct batch_serve *b = j->batch;
+	dg_wan *w = j->w;
+	b->answers[j->index] = *out;
+	dg_buf_init(out);
+	pthread_mutex_lock(&w->mu);
+	bool last = --b->pending == 0;
+	pthread_mutex_unlock(&w->mu);
+	if (!last)
+		return;
+	struct dg_buf msg;
+	size_t resends = 0;
+	dg_buf_init(&msg);
+	if (dg_wan_batch_reply_encode(&msg, b->answers, b->n, DG_WAN_MAX_MSG, &resends) != 0) {
+		json_t *e = json_pack("{s:s}", "Error", "cannot encode the answers of a batch");
+		dg_wan_msg_encode(&msg, DG_WAN_ERROR, e, NULL, 0);
+		json_decref(e);
+	}
+	pthread_mutex_lock(&w->mu);
+	w->stats.batches_served++;
+	pthread_mutex_unlock(&w->mu);
+	if (resends)
+		DG_LOGD(WAN, "%zu of %zu answers did not fit in a batch's reply: asked again alone",
+			resends, b->n);
+	job_send(b->parent, &msg);
+	dg_buf_fini(&msg);
+	batch_serve_free(b);
+}
+
 void dg_wan_reply(struct dg_wan_job *j, enum dg_wan_type type, json_t *hdr, const void *body,
 		  size_t len)
 {
@@ -833,7 +940,10 @@ void dg_wan_reply(struct dg_wan_job *j, enum dg_wan_type type, json_t *hdr, cons
 		dg_wan_msg_encode(&out, DG_WAN_ERROR, e, NULL, 0);
 		json_decref(e);
 	}
-	job_send(j, &out);
+	if (j->batch)
+		batch_answer(j, &out);
+	else
+		job_send(j, &out);
 	dg_buf_fini(&out);
 }
 
@@ -880,13 +990,15 @@ static int job_spawn(dg_wan *w)
 	return 0;
 }
 
-/* A job keeps its request while it is served elsewhere: make sure another one listens. */
-static void job_hold(struct dg_wan_job *j)
+/* A job keeps its request (n requests for a batch) while it is served elsewhere: make sure
+ * another one listens. */
+static void job_hold(struct dg_wan_job *j, size_t n)
 {
 	dg_wan *w = j->w;
 	pthread_mutex_lock(&w->mu);
 	j->stage = 2;
-	w->working++;
+	j->held = n;
+	w->working += (int)n;
 	bool none_listening = w->idle == 0;
 	pthread_mutex_unlock(&w->mu);
 	if (none_listening)
@@ -917,6 +1029,47 @@ static bool claim_matches(nng_msg *m, const struct dg_wan_msg *d, char *why, siz
 	return true;
 }
 
+/* Serves the n requests of a BATCH, each as its own job for the serve function, which answers
+ * each one as it would a request alone. items point into the batch's message, which the serve
+ * function copies what it keeps from (as for a request alone). */
+static void serve_batch(struct dg_wan_job *j, const struct dg_wan_msg *items, size_t n)
+{
+	dg_wan *w = j->w;
+	pthread_mutex_lock(&w->mu);
+	dg_wan_serve_fn fn = w->serve;
+	void *arg = w->serve_arg;
+	bool busy = w->working + (int)n > MAX_JOBS;
+	pthread_mutex_unlock(&w->mu);
+	if (!fn || busy) {
+		reply_error(j, fn ? "too many forwarded requests in progress"
+				  : "this server does not serve forwarded requests yet");
+		return;
+	}
+	struct batch_serve *b = calloc(1, sizeof(*b));
+	if (!b || !(b->subs = calloc(n, sizeof(*b->subs))) ||
+	    !(b->answers = calloc(n, sizeof(*b->answers)))) {
+		if (b)
+			free(b->subs);
+		free(b);
+		reply_error(j, "out of memory for a batch");
+		return;
+	}
+	b->parent = j;
+	b->n = b->pending = n;
+	for (size_t i = 0; i < n; i++) {
+		b->subs[i].w = w;
+		b->subs[i].batch = b;
+		b->subs[i].index = i;
+		dg_buf_init(&b->answers[i]);
+	}
+	job_hold(j, n);
+	/* the last answer frees b, and may come before fn returns: nothing of b is touched after
+	 * the last call */
+	struct dg_wan_job *subs = b->subs;
+	for (size_t i = 0; i < n; i++)
+		fn(arg, &subs[i], &items[i]);
+}
+
 static void job_handle(struct dg_wan_job *j, nng_msg *m)
 {
 	dg_wan *w = j->w;
@@ -942,8 +1095,12 @@ static void job_handle(struct dg_wan_job *j, nng_msg *m)
 		nng_ctx_send(j->ctx, j->aio);
 		return;
 	}
+	struct dg_wan_msg *items = NULL;
+	size_t nitems = 0;
 	if (dg_wan_msg_decode(body, len, &d, why, sizeof(why)) != 0 ||
-	    !claim_matches(m, &d, why, sizeof(why))) {
+	    !claim_matches(m, &d, why, sizeof(why)) ||
+	    (d.type == DG_WAN_BATCH &&
+	     dg_wan_batch_decode(&d, &items, &nitems, why, sizeof(why)) != 0)) {
 		nng_sockaddr sa;
 		char from[96] = "unknown";
 		if (nng_pipe_get_addr(nng_msg_get_pipe(m), NNG_OPT_REMADDR, &sa) == 0 &&
@@ -1041,7 +1198,7 @@ static void job_handle(struct dg_wan_job *j, nng_msg *m)
 			json_decref(h);
 			break;
 		}
-		job_hold(j);
+		job_hold(j, 1);
 		op_start(o, ctl);
 		break;
 	}
@@ -1056,10 +1213,13 @@ static void job_handle(struct dg_wan_job *j, nng_msg *m)
 					  : "this server does not serve forwarded requests yet");
 			break;
 		}
-		job_hold(j);
+		job_hold(j, 1);
 		fn(arg, j, &d);
 		break;
 	}
+	case DG_WAN_BATCH:
+		serve_batch(j, items, nitems);
+		break;
 	default: {
 		char text[96];
 		snprintf(text, sizeof(text), "unexpected message %s", dg_wan_type_name(d.type));
@@ -1067,6 +1227,7 @@ static void job_handle(struct dg_wan_job *j, nng_msg *m)
 		break;
 	}
 	}
+	dg_wan_batch_items_free(items, nitems);
 	dg_wan_msg_fini(&d);
 	nng_msg_free(m);
 }
@@ -1148,12 +1309,172 @@ static struct peer *pick(dg_wan *w, const char *dc, struct peer *const *tried, i
 	return best;
 }
 
-static void req_done(struct op *o, int err, const struct dg_wan_msg *reply)
+/* Work found with mu held and done after it is released (op_start and user callbacks may not
+ * run under it): requests to send, each on its socket, and requests that end now, each with
+ * its error (already out of the in-flight list). */
+struct after {
+	struct op *start, *end;
+};
+
+static void after_start(struct after *a, struct op *o, nng_socket s)
 {
-	dg_wan *w = o->w;
-	pthread_mutex_lock(&w->mu);
-	if (err == 0 && o->peer)
-		o->peer->last_ok_ms = dg_now_ms();
+	o->sock = s;
+	o->snext = a->start;
+	a->start = o;
+}
+
+static void after_end(struct after *a, struct op *o, int err)
+{
+	o->err = err;
+	o->snext = a->end;
+	a->end = o;
+}
+
+/* Without mu. */
+static void after_run(struct after *a)
+{
+	while (a->start) {
+		struct op *o = a->start;
+		a->start = o->snext;
+		o->snext = NULL;
+		op_start(o, o->sock);
+	}
+	while (a->end) {
+		struct op *o = a->end;
+		a->end = o->snext;
+		o->cb(o->arg, o->err, NULL);
+		op_free(o);
+	}
+}
+
+/* Sends request o to p: at once, or, when it is batchable and p's batch slots are all taken,
+ * after the others waiting in p's queue (slot_release sends them). With mu held. */
+static void req_route(dg_wan *w, struct op *o, struct peer *p, struct after *a)
+{
+	(void)w;
+	o->peer = p;
+	if (o->batchable && !o->alone) {
+		if (p->batch_slots >= BATCH_SLOTS) {
+			o->qnext = NULL;
+			if (p->queue_tail)
+				p->queue_tail->qnext = o;
+			else
+				p->queue = o;
+			p->queue_tail = o;
+			p->nqueued++;
+			return;
+		}
+		p->batch_slots++;
+		o->slot = true;
+	}
+	after_start(a, o, p->data);
+}
+
+static struct op *queue_pop(struct peer *p)
+{
+	struct op *o = p->queue;
+	if (o) {
+		p->queue = o->qnext;
+		if (!p->queue)
+			p->queue_tail = NULL;
+		p->nqueued--;
+		o->qnext = NULL;
+	}
+	return o;
+}
+
+/* One of p's batch slots is free again: it goes to what waits in p's queue, everything (up to
+ * a batch's limits) in one message, or alone when only one waits; with nothing waiting it is
+ * given back. Requests whose time ran out while waiting end here. With mu held. */
+static void slot_release(dg_wan *w, struct peer *p, struct after *a)
+{
+	uint64_t now = dg_now_ms();
+	struct op *take[DG_WAN_MAX_BATCH];
+	size_t n = 0;
+	struct dg_wan_batch b;
+	dg_wan_batch_init(&b, DG_WAN_BATCH, DG_WAN_MAX_MSG);
+	while (p->queue && n < DG_WAN_MAX_BATCH) {
+		struct op *o = p->queue;
+		int err = 0;
+		if (w->stopping)
+			err = DG_ESHUTDOWN;
+		else if (now - o->started_ms >= o->timeout_ms)
+			err = DG_ETIMEDOUT;
+		else if (dg_wan_batch_add(&b, o->msg.data, o->msg.len) != 0) {
+			if (n > 0)
+				break; /* the batch is full: the rest waits for the next slot */
+			o->alone = true; /* it cannot travel in a batch at all */
+		}
+		queue_pop(p);
+		if (err != 0) {
+			inflight_del(w, o);
+			w->stats.request_errors++;
+			after_end(a, o, err);
+			continue;
+		}
+		if (o->alone) {
+			o->slot = true;
+			after_start(a, o, p->data);
+			dg_wan_batch_fini(&b);
+			return;
+		}
+		take[n++] = o;
+	}
+	if (n == 0) {
+		p->batch_slots--;
+	} else if (n == 1) {
+		/* one request needs no batch around it */
+		take[0]->slot = true;
+		after_start(a, take[0], p->data);
+	} else {
+		struct op *c = op_new(w, OP_BATCH, p);
+		struct op **items = calloc(n, sizeof(*items));
+		if (!c || !items || dg_wan_batch_encode(&b, &c->msg) != 0) {
+			if (c)
+				op_free(c);
+			free(items);
+			for (size_t i = 0; i < n; i++) {
+				inflight_del(w, take[i]);
+				w->stats.request_errors++;
+				after_end(a, take[i], DG_ENOMEM);
+			}
+			p->batch_slots--;
+		} else {
+			/* the batch may take as long as the most patient of its requests */
+			unsigned left = 1;
+			for (size_t i = 0; i < n; i++) {
+				uint64_t spent = now - take[i]->started_ms;
+				unsigned l = take[i]->timeout_ms - (unsigned)spent;
+				if (l > left)
+					left = l;
+				items[i] = take[i];
+			}
+			c->items = items;
+			c->nitems = n;
+			c->timeout_ms = left;
+			c->slot = true;
+			w->stats.batches++;
+			w->stats.batched += n;
+			inflight_add(w, c);
+			after_start(a, c, p->data);
+		}
+	}
+	dg_wan_batch_fini(&b);
+}
+
+/* Request o's attempt on o->peer ended: err, or 0 when an answer came. With mu held: gives
+ * back the batch slot it held, and moves a retryable request that failed to the next server
+ * of its DC while it has time left. Returns true when o is finished: out of the in-flight
+ * list, for the caller to call o->cb and free o, without mu. */
+static bool req_settle(dg_wan *w, struct op *o, int err, struct after *a)
+{
+	struct peer *was = o->peer;
+	if (err == 0 && was)
+		was->last_ok_ms = dg_now_ms();
+	if (o->slot) {
+		o->slot = false;
+		slot_release(w, was, a);
+	}
 	/* retry elsewhere only what may safely run twice, and only within the time left */
 	if (err != 0 && err != DG_ESHUTDOWN && o->retryable && !w->stopping && o->ntried < 8 &&
 	    dg_now_ms() - o->started_ms < o->timeout_ms) {
@@ -1161,22 +1482,82 @@ static void req_done(struct op *o, int err, const struct dg_wan_msg *reply)
 		struct peer *next = pick(w, o->dc, o->tried, o->ntried, &known);
 		if (next) {
 			o->tried[o->ntried++] = next;
-			o->peer = next;
-			nng_socket s = next->data;
-			pthread_mutex_unlock(&w->mu);
 			DG_LOGD(WAN, "request to %s failed (%s); trying %s", o->dc, dg_strerror(err),
 				next->m.name);
-			op_start(o, s);
-			return;
+			req_route(w, o, next, a);
+			return false;
 		}
 	}
 	inflight_del(w, o);
 	w->stats.request_errors += err != 0;
-	if (err != 0 && w->stopping)
+	return true;
+}
+
+static void req_done(struct op *o, int err, const struct dg_wan_msg *reply)
+{
+	dg_wan *w = o->w;
+	struct after a = {0};
+	pthread_mutex_lock(&w->mu);
+	bool finished = req_settle(w, o, err, &a);
+	if (finished && err != 0 && w->stopping)
 		err = DG_ESHUTDOWN; /* closing our sockets ended it, whatever nng called it */
 	pthread_mutex_unlock(&w->mu);
-	o->cb(o->arg, err, reply);
-	op_free(o);
+	after_run(&a);
+	if (finished) {
+		o->cb(o->arg, err, reply);
+		op_free(o);
+	}
+}
+
+/* A BATCH came back with its answers (items, one per request in order), or failed (err), or
+ * was refused whole (reply an ERROR, which each request gets as its answer, as it would have
+ * alone). Each request then ends, moves to the next server like a request alone, or, when its
+ * answer did not fit in the batch's reply, is asked again alone of the same server. */
+static void batch_done(struct op *c, int err, const struct dg_wan_msg *reply,
+		       const struct dg_wan_msg *items)
+{
+	dg_wan *w = c->w;
+	struct after a = {0};
+	size_t n = c->nitems;
+	bool fin[DG_WAN_MAX_BATCH];
+	int ierr[DG_WAN_MAX_BATCH];
+	const struct dg_wan_msg *ans[DG_WAN_MAX_BATCH];
+	if (err == 0 && !items && reply->type != DG_WAN_ERROR) {
+		DG_LOGW(WAN, "%s answered a batch with %s", c->peer->m.name,
+			dg_wan_type_name(reply->type));
+		err = DG_EIO;
+	}
+	pthread_mutex_lock(&w->mu);
+	inflight_del(w, c);
+	if (c->slot) {
+		c->slot = false;
+		slot_release(w, c->peer, &a);
+	}
+	for (size_t i = 0; i < n; i++) {
+		struct op *o = c->items[i];
+		fin[i] = false;
+		if (items && dg_wan_is_resend(&items[i])) {
+			o->alone = true;
+			w->stats.batch_resends++;
+			after_start(&a, o, c->peer->data);
+			continue;
+		}
+		ans[i] = err != 0 ? NULL : items ? &items[i] : reply;
+		ierr[i] = err;
+		fin[i] = req_settle(w, o, err, &a);
+		if (fin[i] && err != 0 && w->stopping)
+			ierr[i] = DG_ESHUTDOWN;
+	}
+	pthread_mutex_unlock(&w->mu);
+	after_run(&a);
+	/* only finished requests are touched from here: the others may already be in flight */
+	for (size_t i = 0; i < n; i++)
+		if (fin[i]) {
+			struct op *o = c->items[i];
+			o->cb(o->arg, ierr[i], ans[i]);
+			op_free(o);
+		}
+	op_free(c);
 }
 
 static void join_finish(struct op *o, int err, const char *msg)
@@ -1268,6 +1649,9 @@ static void op_done(struct op *o, int err, const struct dg_wan_msg *reply)
 		return;
 	case OP_REQ:
 		req_done(o, err, reply);
+		return;
+	case OP_BATCH:
+		batch_done(o, err, reply, NULL);
 		return;
 	case OP_JOIN:
 		if (err != 0) {
@@ -1678,7 +2062,7 @@ size_t dg_wan_members(dg_wan *w, struct dg_wan_member **out)
 }
 
 int dg_wan_request(dg_wan *w, const char *dc, enum dg_wan_type type, json_t *hdr,
-		   const void *body, size_t len, unsigned timeout_ms, bool retryable,
+		   const void *body, size_t len, unsigned timeout_ms, unsigned flags,
 		   dg_wan_reply_fn cb, void *arg)
 {
 	bool known;
@@ -1692,9 +2076,11 @@ int dg_wan_request(dg_wan *w, const char *dc, enum dg_wan_type type, json_t *hdr
 	}
 	snprintf(o->dc, sizeof(o->dc), "%s", dc);
 	o->timeout_ms = timeout_ms ? timeout_ms : REQ_TIMEOUT_MS;
-	o->retryable = retryable;
+	o->retryable = (flags & (DG_WAN_REQ_RETRYABLE | DG_WAN_REQ_BATCHABLE)) != 0;
+	o->batchable = (flags & DG_WAN_REQ_BATCHABLE) && type == DG_WAN_HTTP;
 	o->cb = cb;
 	o->arg = arg;
+	struct after a = {0};
 	pthread_mutex_lock(&w->mu);
 	struct peer *p = w->stopping ? NULL : pick(w, dc, NULL, 0, &known);
 	if (!p) {
@@ -1702,13 +2088,12 @@ int dg_wan_request(dg_wan *w, const char *dc, enum dg_wan_type type, json_t *hdr
 		op_free(o);
 		return w->stopping ? DG_ESHUTDOWN : known ? DG_ENOSERVER : DG_ENOPATH;
 	}
-	o->peer = p;
 	o->tried[o->ntried++] = p;
 	w->stats.requests++;
 	inflight_add(w, o);
-	nng_socket s = p->data;
+	req_route(w, o, p, &a);
 	pthread_mutex_unlock(&w->mu);
-	op_start(o, s);
+	after_run(&a);
 	return 0;
 }
 
@@ -1750,6 +2135,17 @@ void dg_wan_free(dg_wan *w)
 	pthread_mutex_unlock(&w->mu);
 	for (int i = 0; i < ntmp; i++)
 		nng_close(tmps[i]);
+	/* reads still waiting for a batch slot: the batches in flight end them as they close, and
+	 * anything left (nothing, while the slots are kept right) ends here */
+	struct after a = {0};
+	pthread_mutex_lock(&w->mu);
+	for (struct peer *p = w->peers; p; p = p->next)
+		for (struct op *o; (o = queue_pop(p));) {
+			inflight_del(w, o);
+			after_end(&a, o, DG_ESHUTDOWN);
+		}
+	pthread_mutex_unlock(&w->mu);
+	after_run(&a);
 	/* wait (bounded) for ops to finish: their callbacks free them */
 	for (int i = 0; i < 200; i++) {
 		pthread_mutex_lock(&w->mu);

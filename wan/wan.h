@@ -81,14 +81,27 @@ struct dg_wan_member {
 /* A snapshot of every member, self included (caller frees *out). Returns the count. */
 size_t dg_wan_members(dg_wan *w, struct dg_wan_member **out);
 
+/* Flags of dg_wan_request. */
+enum {
+	/* may be sent again to another server of the DC when its server fails (reads) */
+	DG_WAN_REQ_RETRYABLE = 1,
+	/* an HTTP request that is quick and safe to ask twice (a non-blocking read): it may share
+	 * a BATCH message with others to the same server, and is asked again alone when its answer
+	 * does not fit in the batch's reply. Implies DG_WAN_REQ_RETRYABLE. */
+	DG_WAN_REQ_BATCHABLE = 2,
+};
+
 /* Sends a request message to a server of datacenter dc: the nearest (by smoothed RTT) alive
  * one that has a link up, then, only for retryable requests, the next one if the first fails.
+ * Batchable requests to one server are sent as they come while fewer than a few batches are
+ * in flight to it; those that come meanwhile wait and leave together in the next BATCH when one
+ * comes back (no timer: with one request at a time nothing waits).
  * cb(arg, err, reply) once, on an nng thread: err 0 with the decoded reply (valid during the
  * call), DG_ETIMEDOUT, DG_EIO, DG_ESHUTDOWN. Returns 0 when cb will be called, or at once
  * DG_ENOPATH (no server of dc known) or DG_ENOSERVER (known, none reachable now). */
 typedef void (*dg_wan_reply_fn)(void *arg, int err, const struct dg_wan_msg *reply);
 int dg_wan_request(dg_wan *w, const char *dc, enum dg_wan_type type, json_t *hdr,
-		   const void *body, size_t len, unsigned timeout_ms, bool retryable,
+		   const void *body, size_t len, unsigned timeout_ms, unsigned flags,
 		   dg_wan_reply_fn cb, void *arg);
 
 struct dg_wan_stats {
@@ -96,6 +109,10 @@ struct dg_wan_stats {
 	uint64_t probes, probe_timeouts, suspicions, refutations, failures_declared;
 	uint64_t bad_messages; /* closed links: undecodable or misattributed messages */
 	uint64_t bytes_sent, bytes_received; /* WAN message bytes (before TLS), both directions */
+	/* batches of forwarded reads: BATCH messages sent, requests that travelled in them,
+	 * answers that came back "ask again alone" (too large for their batch's reply), and
+	 * BATCH messages of other servers answered here */
+	uint64_t batches, batched, batch_resends, batches_served;
 };
 void dg_wan_stats(dg_wan *w, struct dg_wan_stats *out);
 
