@@ -981,5 +981,118 @@ class ExampleTest(unittest.TestCase):
                 l2.release()
 
 
+
+class BatchedForwardTest(OwnServersTestCase):
+    """Forwarded non-blocking reads to one server share WAN messages (BATCH, wan/wan.c): many
+    concurrent distinct reads each get their own answer (value and X-Consul-Index as the remote
+    DC gives them), answers too large to share a batch's reply (2 MiB) are asked again alone and
+    arrive whole, and a blocking query and writes in the middle of it all keep their own
+    messages. Two one-server DCs of its own (bt1, bt2)."""
+    name = "fedbatch"
+    THREADS = 32
+
+    def concurrently(self, fns):
+        """Runs every fn at the same moment (one thread each); returns their results in order,
+        or raises the first exception."""
+        barrier = threading.Barrier(len(fns))
+        out = [None] * len(fns)
+
+        def run(i):
+            try:
+                barrier.wait(30)
+                out[i] = ("ok", fns[i]())
+            except Exception as e:  # reported below, in the test's thread
+                out[i] = ("error", e)
+        ts = [threading.Thread(target=run, args=(i,)) for i in range(len(fns))]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(120)
+        for i, r in enumerate(out):
+            if r is None:
+                self.fail("thread %d did not finish" % i)
+            if r[0] == "error":
+                raise r[1]
+        return [r[1] for r in out]
+
+    def test_concurrent_reads_small_and_large(self):
+        b1 = self.server("bt1")
+        b2 = self.server("bt2", extra_config={"retry_join_wan": [b1.addr]})
+        wait_until(lambda: all_reachable(b1, ["bt1", "bt2"]), FED_TIMEOUT, 0.1, "bt2 reachable from bt1")
+        # distinct keys with distinct values, written in bt2; the index each read must show is
+        # the one bt2 gives for it directly (nothing is written in bt2 while they are compared)
+        keys = ["batch/k%02d" % i for i in range(self.THREADS)]
+        want = {}
+        for i, k in enumerate(keys):
+            v = "value-%d-%s" % (i, "x" * i)
+            self.assertEqual(b2.put("/v1/kv/" + k, v).status, 200)
+            want[k] = v
+        direct = {k: b2.get("/v1/kv/" + k).index for k in keys}
+
+        def read(k):
+            r = b1.get("/v1/kv/%s?dc=bt2" % k, timeout=60)
+            return k, r
+
+        for rnd in range(5):
+            for k, r in self.concurrently([lambda k=k: read(k) for k in keys]):
+                self.assertEqual(r.status, 200, "round %d, %s: %r" % (rnd, k, r))
+                self.assertEqual(unb64(r.json()[0]["Value"]), want[k], "round %d, %s" % (rnd, k))
+                self.assertEqual(r.json()[0]["Key"], k)
+                self.assertEqual(r.index, direct[k], "round %d, %s: X-Consul-Index" % (rnd, k))
+                self.assertEqual(r.header("X-Consul-KnownLeader"), "true", r)
+            # a missing key among them: 404 for that one, the others unaffected
+        rs = self.concurrently([lambda: read("batch/missing")] + [lambda k=k: read(k) for k in keys[:15]])
+        self.assertEqual(rs[0][1].status, 404, rs[0][1])
+        for k, r in rs[1:]:
+            self.assertEqual((r.status, unb64(r.json()[0]["Value"])), (200, want[k]), r)
+
+        # large values: 400 KiB each, 8 of them read at once (raw) are more than one batch's reply
+        # may hold; each must still arrive whole
+        big = {}
+        for i in range(8):
+            v = bytes([65 + i]) * (400 * 1024 - i)
+            k = "batch/big%d" % i
+            self.assertEqual(b2.put("/v1/kv/" + k, v).status, 200)
+            big[k] = v
+
+        def read_raw(k):
+            return k, b1.get("/v1/kv/%s?dc=bt2&raw" % k, timeout=60)
+
+        for rnd in range(4):
+            fns = [lambda k=k: read_raw(k) for k in big] + [lambda k=k: read(k) for k in keys[:8]]
+            for k, r in self.concurrently(fns):
+                self.assertEqual(r.status, 200, "round %d, %s: %r" % (rnd, k, r))
+                if k in big:
+                    self.assertEqual(len(r.body), len(big[k]), "round %d, %s: length" % (rnd, k))
+                    self.assertTrue(r.body == big[k], "round %d, %s: body differs" % (rnd, k))
+                else:
+                    self.assertEqual(unb64(r.json()[0]["Value"]), want[k])
+
+        # a blocking query in the middle of batched reads: it waits for its change, the reads
+        # around it do not wait with it, and a write goes through once
+        idx = b2.get("/v1/kv/batch/k00").index
+        blocked = {}
+
+        def block():
+            blocked["r"] = b1.get("/v1/kv/batch/k00?dc=bt2&index=%d&wait=20s" % idx, timeout=60)
+        t = threading.Thread(target=block)
+        t.start()
+        time.sleep(0.3)
+        start = time.monotonic()
+        for k, r in self.concurrently([lambda k=k: read(k) for k in keys[1:]]):
+            self.assertEqual((r.status, unb64(r.json()[0]["Value"])), (200, want[k]), r)
+        self.assertTrue(t.is_alive(), "the blocking query returned before anything changed")
+        self.assertLess(time.monotonic() - start, 15, "reads waited behind the blocking query")
+        self.assertEqual(b1.put("/v1/kv/batch/k00?dc=bt2", "changed").status, 200)
+        t.join(60)
+        self.assertFalse(t.is_alive())
+        self.assertEqual(blocked["r"].status, 200, blocked["r"])
+        self.assertEqual(unb64(blocked["r"].json()[0]["Value"]), "changed")
+        self.assertGreater(blocked["r"].index, idx)
+        r = b2.get("/v1/kv/batch/k00")
+        self.assertEqual((unb64(r.json()[0]["Value"]), r.json()[0]["ModifyIndex"]),
+                         ("changed", blocked["r"].index), "the write applied once")
+
+
 if __name__ == "__main__":
     unittest.main()

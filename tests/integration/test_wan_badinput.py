@@ -73,7 +73,7 @@ STALL_HOLD = 3.0
 WAN_PORT = 8302
 
 MAGIC = 0xD6
-PING, PONG, PUSHPULL, LEAVE, ACK, INDIRECT, HTTP, HTTP_REPLY, ERROR = range(1, 10)
+PING, PONG, PUSHPULL, LEAVE, ACK, INDIRECT, HTTP, HTTP_REPLY, ERROR, BATCH, BATCH_REPLY = range(1, 12)
 MAX_MSG = 2 * 1024 * 1024        # DG_WAN_MAX_MSG
 MAX_HEADER = 64 * 1024           # DG_WAN_MAX_HEADER
 RECV_MAX = MAX_MSG + 1024        # nng's receive limit on dc1's rep socket (wan/wan.c RECV_MAX)
@@ -87,6 +87,11 @@ def wan_msg(mtype, hdr, body=b"", hlen=None, magic=MAGIC):
         hdr = json.dumps(hdr, separators=(",", ":")).encode()
     n = len(hdr) if hlen is None else hlen
     return bytes([magic, mtype]) + struct.pack(">I", n) + hdr + body
+
+
+def batch_items(msgs):
+    """The body of a BATCH or BATCH_REPLY: each message after its 4-byte big-endian length."""
+    return b"".join(struct.pack(">I", len(m)) + m for m in msgs)
 
 
 def wan_parse(data):
@@ -394,7 +399,7 @@ class WanBadInputTest(unittest.TestCase):
         try:
             self.assertTrue(p.connect(CLOSE_TIMEOUT).accepted)
             for mtype, name in ((PONG, "PONG"), (ACK, "ACK"), (HTTP_REPLY, "HTTP_REPLY"),
-                                (ERROR, "ERROR")):
+                                (ERROR, "ERROR"), (BATCH_REPLY, "BATCH_REPLY")):
                 t, h, _ = wan_parse(p.request(wan_msg(mtype, {"From": "probe.east"})))
                 self.assertEqual(t, ERROR, (name, t, h))
                 self.assertIn(name, h.get("Error", ""), h)
@@ -403,7 +408,56 @@ class WanBadInputTest(unittest.TestCase):
         finally:
             p.close()
 
+    def test_02_batch_gets_one_answer_per_request(self):
+        """A good BATCH of forwarded reads gets a BATCH_REPLY with one answer per request, in
+        order, each as the request alone would get it; the link keeps serving."""
+        cls = type(self)
+        p = cls._peer(cls.east_cert)
+        try:
+            self.assertTrue(p.connect(CLOSE_TIMEOUT).accepted)
+            reqs = [wan_msg(HTTP, {"Method": "GET", "Path": path, "Headers": {}})
+                    for path in ("/v1/kv/%s" % KV_KEY, "/v1/kv/wanbad/none", "/v1/status/leader")]
+            t, h, body = wan_parse(p.request(wan_msg(BATCH, {"Count": len(reqs)}, batch_items(reqs))))
+            self.assertEqual((t, h), (BATCH_REPLY, {"Count": 3}), body[:200])
+            answers = []
+            while body:
+                n = struct.unpack(">I", body[:4])[0]
+                answers.append(wan_parse(body[4:4 + n]))
+                body = body[4 + n:]
+            self.assertEqual([(a[0], a[1].get("Status")) for a in answers],
+                             [(HTTP_REPLY, 200), (HTTP_REPLY, 404), (HTTP_REPLY, 200)], answers)
+            self.assertEqual(json.loads(answers[0][2])[0]["Key"], KV_KEY)
+            t, _, _ = wan_parse(p.request(wan_msg(PING, self.ping_hdr())))
+            self.assertEqual(t, PONG)
+        finally:
+            p.close()
+
     # ------------------------------------------------------------------ undecodable messages
+    def test_bad_batches(self):
+        get = wan_msg(HTTP, {"Method": "GET", "Path": "/v1/kv/%s" % KV_KEY, "Headers": {}})
+        one = batch_items([get])
+        cases = [
+            ("a BATCH without Count", wan_msg(BATCH, {}, one), r"batch without a Count"),
+            ("a BATCH of Count 0", wan_msg(BATCH, {"Count": 0}, b""), r"batch without a Count"),
+            ("a BATCH of 65 items", wan_msg(BATCH, {"Count": 65}, batch_items([get] * 65)),
+             r"batch of 65 items, more than 64"),
+            ("more items than Count", wan_msg(BATCH, {"Count": 1}, batch_items([get, get])),
+             r"more items than the Count of 1"),
+            ("fewer items than Count", wan_msg(BATCH, {"Count": 3}, one),
+             r"1 items for a Count of 3"),
+            ("an item longer than the body", wan_msg(BATCH, {"Count": 1}, struct.pack(">I", 9999) + get),
+             r"item 0: 9999 bytes but only \d+ follow"),
+            ("an item that is no message", wan_msg(BATCH, {"Count": 1}, batch_items([b"garbage"])),
+             r"item 0: bad magic"),
+            ("a PING in a BATCH", wan_msg(BATCH, {"Count": 2}, batch_items([get, wan_msg(PING, {})])),
+             r"item 1: a PING cannot travel in a BATCH"),
+            ("a BATCH in a BATCH", wan_msg(BATCH, {"Count": 1}, batch_items([wan_msg(BATCH, {"Count": 1}, one)])),
+             r"item 0: a BATCH cannot travel in a BATCH"),
+        ]
+        for what, payload, reason in cases:
+            with self.subTest(what):
+                self.bad_case(what, payload, reason)
+
     def test_garbage_body(self):
         rnd = random.Random(8302)
         for n in (64, 4096, 65536):
@@ -421,7 +475,7 @@ class WanBadInputTest(unittest.TestCase):
                               r"bad magic 0x%02x" % magic)
 
     def test_unknown_types(self):
-        for t in (0, 10, 200):
+        for t in (0, 12, 200):
             with self.subTest(type=t):
                 self.bad_case("type %d" % t, wan_msg(t, self.ping_hdr()), r"unknown type %d\b" % t)
 
