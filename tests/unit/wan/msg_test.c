@@ -154,7 +154,7 @@ static void round_trip_every_type(void **state)
 	round_trip(DG_WAN_ERROR, "{\"Error\":\"No path to datacenter \\\"x\\\" \\u00e9\"}", NULL,
 		   0);
 	/* NULL header, empty body (NULL pointer allowed when the length is 0) */
-	for (int t = DG_WAN_PING; t <= DG_WAN_ERROR; t++)
+	for (int t = DG_WAN_PING; t <= DG_WAN_BATCH_REPLY; t++)
 		round_trip((enum dg_wan_type)t, NULL, NULL, 0);
 	/* a body that is only NULs; a header at depth 8 exactly; reals and big integers */
 	uint8_t zeros[300] = {0};
@@ -179,8 +179,10 @@ static void type_names(void **state)
 	assert_string_equal(dg_wan_type_name(DG_WAN_HTTP), "HTTP");
 	assert_string_equal(dg_wan_type_name(DG_WAN_HTTP_REPLY), "HTTP_REPLY");
 	assert_string_equal(dg_wan_type_name(DG_WAN_ERROR), "ERROR");
+	assert_string_equal(dg_wan_type_name(DG_WAN_BATCH), "BATCH");
+	assert_string_equal(dg_wan_type_name(DG_WAN_BATCH_REPLY), "BATCH_REPLY");
 	assert_string_equal(dg_wan_type_name(0), "unknown");
-	assert_string_equal(dg_wan_type_name(10), "unknown");
+	assert_string_equal(dg_wan_type_name(12), "unknown");
 	assert_string_equal(dg_wan_type_name(-1), "unknown");
 }
 
@@ -197,7 +199,7 @@ static void reject_bad_magic(void **state)
 
 static void reject_unknown_type(void **state)
 {
-	static const uint8_t types[] = {0, 10, 11, 0x80, 0xff};
+	static const uint8_t types[] = {0, 12, 13, 0x80, 0xff};
 	for (size_t i = 0; i < sizeof(types); i++) {
 		struct dg_buf b;
 		char want[32];
@@ -425,7 +427,7 @@ static void encode_refuses_what_decode_would(void **state)
 	dg_buf_init(&b);
 	json_t *obj = parse("{}");
 	assert_int_equal(dg_wan_msg_encode(&b, (enum dg_wan_type)0, NULL, NULL, 0), DG_EINVAL);
-	assert_int_equal(dg_wan_msg_encode(&b, (enum dg_wan_type)10, obj, NULL, 0), DG_EINVAL);
+	assert_int_equal(dg_wan_msg_encode(&b, (enum dg_wan_type)12, obj, NULL, 0), DG_EINVAL);
 	json_t *arr = parse("[]");
 	assert_int_equal(dg_wan_msg_encode(&b, DG_WAN_PING, arr, NULL, 0), DG_EINVAL);
 	json_decref(arr);
