@@ -345,6 +345,7 @@ int dg_exec_start(const struct dg_fed_local_ops *ops, void *srv, dg_exec **out, 
 		rv = DG_ENOMEM;
 		goto err_cond;
 	}
+	pthread_setname_np(x->thread, "dg-fed-exec"); /* for top -H and perf; best effort */
 	*out = x;
 	return 0;
 
