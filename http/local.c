@@ -26,7 +26,7 @@ enum call_state {
 };
 
 struct local_arg {
-	char *key, *value; /* value NULL: given without '=' */
+	const char *key, *value; /* into the call's query buffer; value NULL: no '=' */
 };
 
 /* The answer as the handlers build it; handed to the runner as a dg_fed_response. */
@@ -45,7 +45,7 @@ struct local_call {
 	void *ready_arg;
 	bool head;    /* HEAD: the answer goes without its body, as over HTTP */
 	char *method; /* as given, for r.method_text */
-	char *query;  /* the query string, split in place into args */
+	char *query;  /* the query string, split in place: args point into it */
 	struct local_arg *args;
 	size_t nargs, cap;
 	bool args_oom;
@@ -207,10 +207,6 @@ static void local_suspend(struct dg_req *r)
 static void call_free(struct local_call *c)
 {
 	dg__http_req_fini(&c->r);
-	for (size_t i = 0; i < c->nargs; i++) {
-		free(c->args[i].key);
-		free(c->args[i].value);
-	}
 	free(c->args);
 	free(c->method);
 	free(c->query);
@@ -272,11 +268,9 @@ static void add_arg(void *cls, const char *key, const char *value)
 		c->args = a;
 		c->cap = cap;
 	}
-	struct local_arg *a = &c->args[c->nargs++];
-	a->key = strdup(key);
-	a->value = value ? strdup(value) : NULL;
-	if (!a->key || (value && !a->value))
-		c->args_oom = true;
+	c->args[c->nargs].key = key;
+	c->args[c->nargs].value = value;
+	c->nargs++;
 }
 
 static void *local_call_new(void *srv, const struct dg_fed_local_request *req,
