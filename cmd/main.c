@@ -601,8 +601,8 @@ static int run_agent(int argc, char **argv)
 		    .build = DG_VERSION,
 		    .server_port = lc.server_port,
 		    .tls = &pol};
-		struct dg_fed_config fc = {.dc = dc, .http_host = client,
-					   .http_port = dg_http_port(http)};
+		struct dg_fed_config fc = {.dc = dc, .local = &dg_http_local_ops,
+					   .local_srv = http};
 		if (dg_wan_start(&wc, &wan, msg, sizeof(msg)) != 0 ||
 		    ((fc.wan = wan), dg_fed_start(&fc, &fed, msg, sizeof(msg)) != 0)) {
 			fprintf(stderr, "==> Error starting the WAN pool: %s\n", msg);

@@ -872,7 +872,7 @@ int dg_fed_start(const struct dg_fed_config *cfg, dg_fed **out, char *msg, size_
 	pthread_mutex_init(&f->mu, NULL);
 	pthread_cond_init(&f->cond, NULL);
 	if (f->wan) {
-		int rv = dg_exec_start(cfg->http_host, cfg->http_port, &f->exec, msg, len);
+		int rv = dg_exec_start(cfg->local, cfg->local_srv, &f->exec, msg, len);
 		if (rv != 0) {
 			free(f->dc);
 			free(f);

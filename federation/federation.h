@@ -1,7 +1,8 @@
 /* federation: the query plane between datacenters. A request for another DC is sent over the WAN
- * pool (wan/) to the nearest reachable server of that DC, which answers it through its own HTTP
- * API (federation/exec.c) and sends back status, headers and body as they are; the WAN pool's
- * view gives the datacenter list and the WAN members.
+ * pool (wan/) to the nearest reachable server of that DC, which runs it through its own HTTP
+ * layer in process (federation/exec.c drives the calls of struct dg_fed_local_ops) and sends
+ * back status, headers and body as they are; the WAN pool's view gives the datacenter list and
+ * the WAN members.
  *
  * Threads: every function may be called from any thread (the HTTP thread in practice); callbacks
  * run on nng's or the executor's threads and must not block. */
@@ -16,12 +17,45 @@
 #include "wan/wan.h"
 
 typedef struct dg_fed dg_fed;
+struct dg_fed_response;
+
+/* A request to run in process, as another DC forwarded it. Valid during call_new only. */
+struct dg_fed_local_request {
+	const char *method;	/* "GET", "HEAD", "PUT", ... */
+	const char *path_query; /* "/v1/kv/a?dc=east&index=12", percent-encoded as sent */
+	json_t *headers;	/* object of request headers (strings), or NULL */
+	const void *body;
+	size_t len;
+};
+
+/* How federation runs a request forwarded to us through this agent's HTTP routing and handlers
+ * without a socket: the HTTP layer provides it (dg_http_local_ops, http.h), cmd/main.c wires it.
+ * A call is run by one runner thread (the executor's); it may suspend (a blocking query, a raft
+ * write, a forward to yet another DC) and says when it may run again through ready. */
+struct dg_fed_local_ops {
+	/* A new call for req on srv (req is copied). ready(arg) is called on any thread, each
+	 * time the call has suspended and may now run again; it must only hand the call to its
+	 * runner and must not block. Any thread. Returns the call (the runner's until
+	 * call_release), or NULL with *err DG_ENOMEM. */
+	void *(*call_new)(void *srv, const struct dg_fed_local_request *req,
+			  void (*ready)(void *arg), void *arg, int *err);
+	/* Runs the call on the runner's thread until it answers (1, *out filled: the runner's
+	 * to fini), suspends (0: ready follows, then run it again) or fails without an answer
+	 * (-1, *why says why, a static text). Not again after 1 or -1. */
+	int (*call_run)(void *call, struct dg_fed_response *out, const char **why);
+	/* The runner lets go of a call, in any state but running: it is freed now, or by
+	 * whatever holds it suspended when that lets go. ready is not called once this returns.
+	 * Runner's thread. */
+	void (*call_release)(void *call);
+};
 
 struct dg_fed_config {
-	dg_wan *wan;	       /* the WAN pool (not owned); NULL: this agent has no WAN */
-	const char *dc;	       /* the local datacenter */
-	const char *http_host; /* where this agent's HTTP API listens, for forwarded requests */
-	int http_port;
+	dg_wan *wan;    /* the WAN pool (not owned); NULL: this agent has no WAN */
+	const char *dc; /* the local datacenter */
+	/* How requests other DCs forward to us are run (not owned): srv is this agent's HTTP
+	 * server, valid until dg_fed_stop() has returned. */
+	const struct dg_fed_local_ops *local;
+	void *local_srv;
 };
 
 int dg_fed_start(const struct dg_fed_config *cfg, dg_fed **out, char *msg, size_t len);

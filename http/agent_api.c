@@ -33,7 +33,7 @@
 /* A query parameter's value, NULL when absent (or given without '='). */
 static const char *qarg(struct dg_req *r, const char *name)
 {
-	return MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, name);
+	return dg_req_arg(r, name);
 }
 
 /* True if the parameter is present at all; *value is "" when it has no value. */
@@ -165,28 +165,20 @@ static int reply_json(struct dg_req *r, int status, json_t *body)
 	return dg_reply_json_text(r, status, text, len, 0);
 }
 
-/* A JSON answer with one extra header (X-Consul-ContentHash). The dg_reply_* family cannot add
- * headers, so this builds the MHD response itself and does what server.c's queue() does for a
- * 200: the ACL policy header and marking the request answered. */
+/* A JSON answer with one extra header (X-Consul-ContentHash), which the dg_reply_* family cannot
+ * add. */
 static int reply_json_header(struct dg_req *r, json_t *body, const char *name, const char *value)
 {
 	size_t len;
 	char *text = dump_json(r, body, &len);
 	if (!text)
 		return dg_reply_text(r, 500, "out of memory", 0);
-	struct MHD_Response *resp =
-	    MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
-	if (!resp) {
-		free(text);
+	struct dg_resp *resp = r->ops->resp_new(r, text, len, true);
+	if (!resp)
 		return MHD_NO;
-	}
-	MHD_add_response_header(resp, "Content-Type", "application/json");
-	MHD_add_response_header(resp, name, value);
-	MHD_add_response_header(resp, "X-Consul-Default-ACL-Policy", "allow");
-	int rv = MHD_queue_response(r->conn, 200, resp);
-	MHD_destroy_response(resp);
-	r->answered = true;
-	return rv;
+	r->ops->resp_header(resp, "Content-Type", "application/json");
+	r->ops->resp_header(resp, name, value);
+	return dg_reply_resp(r, 200, resp);
 }
 
 /* The answer of a void write, once raft has applied it. */
@@ -1737,7 +1729,7 @@ static int agent_metrics(struct dg_req *r)
 /* Accept: text/plain, or ?format=text (Consul's returnTextPlain). */
 static bool want_text(struct dg_req *r)
 {
-	const char *accept = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Accept");
+	const char *accept = dg_req_header(r, "Accept");
 	const char *format = qarg(r, "format");
 	if (accept && strncmp(accept, "text/plain", 10) == 0)
 		return true;

@@ -4,7 +4,8 @@
  * An entry is only ever reused for the same index, so it can never be stale: any change that
  * touches the result moves its index (catalog.c guarantees that for every read it indexes).
  *
- * Threads: guarded by one mutex; MHD runs handlers on one thread, so it is never contended. */
+ * Threads: guarded by one mutex, taken by whichever thread serves the request (MHD's HTTP and
+ * HTTPS threads, federation's executor); held only to look up or store one entry. */
 #include "http/internal.h"
 
 #include <pthread.h>
@@ -23,15 +24,13 @@ struct cache_entry {
 static pthread_mutex_t cache_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct dg_map cache = {.nocase = false};
 
-static enum MHD_Result add_arg(void *cls, enum MHD_ValueKind kind, const char *key,
-			       const char *value)
+static void add_arg(void *cls, const char *key, const char *value)
 {
 	struct dg_buf *b = cls;
 	/* index and wait only decide when to answer; the index is compared on its own */
 	if (strcmp(key, "index") == 0 || strcmp(key, "wait") == 0)
-		return MHD_YES;
+		return;
 	dg_buf_appendf(b, "&%s=%s", key, value ? value : "");
-	return MHD_YES;
 }
 
 /* The key: method-independent (only GET handlers use it), path plus every query argument. */
@@ -40,7 +39,7 @@ static char *cache_key(struct dg_req *r)
 	struct dg_buf b;
 	dg_buf_init(&b);
 	dg_buf_appendf(&b, "%s?", r->url);
-	MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, add_arg, &b);
+	r->ops->args(r, add_arg, &b);
 	return dg_buf_steal(&b, NULL);
 }
 

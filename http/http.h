@@ -38,6 +38,10 @@ struct dg_http_config {
 	dg_fed *fed;
 };
 
+/* Runs requests forwarded from other DCs through this server's routing and handlers, in
+ * process (local.c); srv is the dg_http. Every call must be released before dg_http_free(). */
+extern const struct dg_fed_local_ops dg_http_local_ops;
+
 /* Starts serving. *out is the caller's until dg_http_free(). msg says why on failure. */
 int dg_http_start(const struct dg_http_config *cfg, dg_catalog *cat, dg_lan *lan, dg_http **out,
 		  char *msg, size_t len);

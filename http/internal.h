@@ -1,7 +1,12 @@
 /* Internal API of the HTTP layer: the request object every handler gets, the routes, and helpers
  * to answer in Consul's shape. Shared by http/ files only.
  *
- * A handler is called on the MHD thread once the whole body is in. It answers with one of the
+ * A request comes either from a client connection of MHD (server.c) or from an in-process call
+ * (local.c: a request another DC forwarded to us, run by federation's executor); handlers do not
+ * know which: they read arguments and headers and answer only through the request's ops.
+ *
+ * A handler is called on the thread that serves its request (MHD's, or the executor's) once the
+ * whole body is in. It answers with one of the
  * dg_reply_* functions (returning their value) or suspends the request with dg_req_write() (a
  * raft write) or dg_req_block() (a blocking query). A suspended request is resumed later and its
  * handler is called again from the top with r->write_done or r->woken set, so handlers are written
@@ -61,10 +66,39 @@ struct dg_route {
 };
 
 struct dg_waiter;
+struct dg_resp; /* an answer being built; what it is belongs to the request's ops */
+
+typedef void (*dg_req_arg_fn)(void *cls, const char *key, const char *value);
+
+/* Where a request came from and where its answer goes. Every function runs on the thread that
+ * serves the request, except resume, which runs on whichever thread holds the pending resume
+ * (a write's callback on the loop, a waker, the deadline thread, federation's callback). */
+struct dg_req_ops {
+	/* A query argument, percent-decoded, the first one of that name (case-insensitive, as MHD
+	 * does). False when absent; *value is NULL when it came without '='. */
+	bool (*arg)(struct dg_req *r, const char *name, const char **value);
+	/* Calls fn for every query argument in the order received (value NULL: no '='). */
+	void (*args)(struct dg_req *r, dg_req_arg_fn fn, void *cls);
+	/* A request header by name, case-insensitive; NULL when absent. Valid as long as r. */
+	const char *(*header)(struct dg_req *r, const char *name);
+	/* A new answer with this body. take: body was malloc'd and belongs to the answer from now
+	 * on (freed here even when NULL is returned); else it is copied. NULL: out of memory. */
+	struct dg_resp *(*resp_new)(struct dg_req *r, void *body, size_t len, bool take);
+	void (*resp_header)(struct dg_resp *resp, const char *name, const char *value);
+	void (*resp_free)(struct dg_resp *resp);
+	/* Sends resp (consumed) as the answer with status; MHD_YES or MHD_NO (give up on it). */
+	int (*respond)(struct dg_req *r, int status, struct dg_resp *resp);
+	/* Called by the handler before it returns without answering; some later resume makes
+	 * the handler run again. resume may come before the handler has returned. After resume,
+	 * the resuming thread must not touch r again: it may be freed inside resume. */
+	void (*suspend)(struct dg_req *r);
+	void (*resume)(struct dg_req *r);
+};
 
 struct dg_req {
 	dg_http *srv;
-	struct MHD_Connection *conn;
+	const struct dg_req_ops *ops;
+	void *io; /* the ops' own: the MHD connection, or NULL for an in-process call */
 	enum dg_method method;
 	const char *method_text;
 	char *url;  /* path as received */
@@ -120,6 +154,10 @@ void dg_http_fed_release(struct dg_req *r);
 /* True if the query parameter is present at all (presence-based flags such as ?detailed, or
  * force-leave's ?wan); *value (may be NULL) is "" when it has no value. */
 bool dg_req_arg_present(struct dg_req *r, const char *name, const char **value);
+/* A query parameter's value, NULL when absent or given without '='. Valid as long as r. */
+const char *dg_req_arg(struct dg_req *r, const char *name);
+/* A request header, case-insensitive; NULL when absent. Valid as long as r. */
+const char *dg_req_header(struct dg_req *r, const char *name);
 
 /* ---- answers: each returns MHD_YES/MHD_NO for the handler to return ---- */
 /* 200 with a JSON body (takes ownership of body; NULL means "null"). Adds X-Consul-Index etc.
@@ -134,6 +172,9 @@ int dg_reply_textf(struct dg_req *r, int status, uint64_t index, const char *fmt
 	__attribute__((format(printf, 4, 5)));
 /* 200 with an empty body, for void calls. */
 int dg_reply_empty(struct dg_req *r);
+/* A response built with r->ops (consumed): adds what every answer of ours carries (the ACL
+ * policy header), counts errors, and marks r answered. For answers with headers of their own. */
+int dg_reply_resp(struct dg_req *r, int status, struct dg_resp *resp);
 /* Raw bytes with a content type (kv ?raw, metrics text). */
 int dg_reply_raw(struct dg_req *r, int status, const void *data, size_t len,
 		 const char *content_type, uint64_t index);
@@ -247,5 +288,26 @@ void dg_http_stats(struct dg_req *r, struct dg_http_stats *out);
 size_t dg_http_waiters(struct dg_req *r);
 /* Number of requests suspended for a forward or a WAN join right now. */
 size_t dg_http_forwards(struct dg_req *r);
+
+/* ---- between server.c and local.c ---- */
+/* Sets up r for h with its ops and io: the fields every request starts with. */
+void dg__http_req_init(struct dg_req *r, dg_http *h, const struct dg_req_ops *ops, void *io);
+/* Frees what r holds (not r itself). */
+void dg__http_req_fini(struct dg_req *r);
+/* The method a request line names (0: none that dcgate serves; HEAD is DG_GET). */
+enum dg_method dg__http_method_parse(const char *m);
+/* One visit of the request, as MHD makes when a request is complete or resumed: routing and
+ * the handler, unless r was answered already. Returns MHD_YES or MHD_NO (give up on r). */
+int dg__http_run(struct dg_req *r);
+/* Takes r off the waiter list if it is parked there. True: it was, and the caller now holds
+ * its pending resume (nothing else will resume it). Any thread. */
+bool dg__http_unpark(struct dg_req *r);
+/* MHD's decoding of a URL path (%XX only) in place; stops at a decoded NUL. Returns the length. */
+size_t dg__http_unescape(char *s);
+/* Splits a query string (without '?') into arguments as MHD does: '&' between arguments, the
+ * first '=' between key and value ("k" alone: value NULL), '+' as space, then %XX, in place.
+ * Calls fn for each; like MHD, an empty argument between two '&' gives an empty key, a
+ * trailing '&' gives nothing. */
+void dg__http_query_split(char *qs, dg_req_arg_fn fn, void *cls);
 
 #endif

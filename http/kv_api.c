@@ -144,10 +144,10 @@ static int kv_put(struct dg_req *r)
 			"Request body(%zu bytes) too large, max size: %d bytes. See "
 			"https://developer.hashicorp.com/consul/docs/agent/config/config-files#kv_max_value_size.",
 			r->body.len, DG_MAX_KV_VALUE);
-	const char *flags_s = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, "flags");
-	const char *cas_s = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, "cas");
-	const char *acq = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, "acquire");
-	const char *rel = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, "release");
+	const char *flags_s = dg_req_arg(r, "flags");
+	const char *cas_s = dg_req_arg(r, "cas");
+	const char *acq = dg_req_arg(r, "acquire");
+	const char *rel = dg_req_arg(r, "release");
 	uint64_t flags = 0, cas = 0;
 	if ((cas_s != NULL) + (acq != NULL) + (rel != NULL) > 1)
 		return conflicting(r);
@@ -171,7 +171,7 @@ static int kv_delete(struct dg_req *r)
 	if (r->write_done)
 		return reply_write_bool(r);
 	const char *key = r->arg;
-	const char *cas_s = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, "cas");
+	const char *cas_s = dg_req_arg(r, "cas");
 	uint64_t cas = 0;
 	if (cas_s && r->q.recurse)
 		return conflicting(r);

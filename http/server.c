@@ -1,11 +1,15 @@
 /* The HTTP server: libmicrohttpd with one epoll thread, routing, answers in Consul's shape, and
- * the suspension of requests that wait for a raft write or a blocking query.
+ * the suspension of requests that wait for a raft write or a blocking query. Requests come from
+ * MHD (the ops at the end of this file) or in process (local.c); from routing on, both take
+ * exactly the same path.
  *
- * Threads: handlers run on MHD's thread. Parked blocking queries live in the waiter list under
- * `wmu`; the loop thread (change hook), the deadline thread and any caller of dg_http_wake()
- * (events, from a handler thread) take them off the list and resume their connections after
- * dropping `wmu`. A request on no list and suspended is owned by whoever holds its pending
- * resume (a write callback, the waker, or federation's callback); nothing else touches it.
+ * Threads: handlers run on MHD's threads (HTTP and HTTPS) and on federation's executor thread
+ * (in-process calls). Parked blocking queries live in the waiter list under `wmu`; the loop
+ * thread (change hook), the deadline thread and any caller of dg_http_wake() (events, from a
+ * handler thread) take them off the list and resume them after dropping `wmu`; r->waiter is
+ * only changed under `wmu`, so "on the list" can be asked (dg__http_unpark). A request on no
+ * list and suspended is owned by whoever holds its pending resume (a write callback, the
+ * waker, or federation's callback); nothing else touches it.
  *
  * Federation: a request for another DC is handed to dg_fed_forward() and suspended; the answer
  * comes back on one of federation's threads, which stores it in the request and resumes it, and
@@ -135,12 +139,22 @@ void dg_http_set_fed(dg_http *h, dg_fed *f)
 bool dg_req_arg_present(struct dg_req *r, const char *name, const char **value)
 {
 	const char *v = NULL;
-	if (MHD_lookup_connection_value_n(r->conn, MHD_GET_ARGUMENT_KIND, name, strlen(name), &v,
-					  NULL) != MHD_YES)
+	if (!r->ops->arg(r, name, &v))
 		return false;
 	if (value)
 		*value = v ? v : "";
 	return true;
+}
+
+const char *dg_req_arg(struct dg_req *r, const char *name)
+{
+	const char *v = NULL;
+	return r->ops->arg(r, name, &v) ? v : NULL;
+}
+
+const char *dg_req_header(struct dg_req *r, const char *name)
+{
+	return r->ops->header(r, name);
 }
 
 size_t dg_http_waiters(struct dg_req *r)
@@ -153,66 +167,59 @@ size_t dg_http_waiters(struct dg_req *r)
 
 /* ---- answers ---- */
 
-static void add_index_headers(struct dg_req *r, struct MHD_Response *resp, uint64_t index)
+static void add_index_headers(struct dg_req *r, struct dg_resp *resp, uint64_t index)
 {
 	char buf[32];
 	snprintf(buf, sizeof(buf), "%llu", (unsigned long long)(index ? index : 1));
-	MHD_add_response_header(resp, "X-Consul-Index", buf);
-	MHD_add_response_header(resp, "X-Consul-KnownLeader",
-				dg_lan_is_leader(r->srv->lan) ? "true" : "false");
+	r->ops->resp_header(resp, "X-Consul-Index", buf);
+	r->ops->resp_header(resp, "X-Consul-KnownLeader",
+			    dg_lan_is_leader(r->srv->lan) ? "true" : "false");
 	snprintf(buf, sizeof(buf), "%llu",
 		 (unsigned long long)dg_lan_last_contact_ms(r->srv->lan));
-	MHD_add_response_header(resp, "X-Consul-LastContact", buf);
-	MHD_add_response_header(resp, "X-Consul-Effective-Consistency",
-				r->q.stale ? "stale" : r->q.consistent ? "consistent" : "leader");
+	r->ops->resp_header(resp, "X-Consul-LastContact", buf);
+	r->ops->resp_header(resp, "X-Consul-Effective-Consistency",
+			    r->q.stale ? "stale" : r->q.consistent ? "consistent" : "leader");
 }
 
-/* Queues resp (destroyed here) as it is: a forwarded answer carries the remote DC's headers. */
-static int queue_as_is(struct dg_req *r, int status, struct MHD_Response *resp)
+/* Sends resp (consumed) as it is: a forwarded answer carries the remote DC's headers. */
+static int queue_as_is(struct dg_req *r, int status, struct dg_resp *resp)
 {
-	int rv;
 	if (status >= 500)
 		__atomic_add_fetch(&r->srv->stats.errors_5xx, 1, __ATOMIC_RELAXED);
 	else if (status >= 400)
 		__atomic_add_fetch(&r->srv->stats.errors_4xx, 1, __ATOMIC_RELAXED);
-	rv = MHD_queue_response(r->conn, (unsigned)status, resp);
-	MHD_destroy_response(resp);
 	r->answered = true;
-	return rv;
+	return r->ops->respond(r, status, resp);
 }
 
-static int queue(struct dg_req *r, int status, struct MHD_Response *resp)
+int dg_reply_resp(struct dg_req *r, int status, struct dg_resp *resp)
 {
-	MHD_add_response_header(resp, "X-Consul-Default-ACL-Policy", "allow");
+	r->ops->resp_header(resp, "X-Consul-Default-ACL-Policy", "allow");
 	return queue_as_is(r, status, resp);
 }
 
 int dg_reply_raw(struct dg_req *r, int status, const void *data, size_t len,
 		 const char *content_type, uint64_t index)
 {
-	struct MHD_Response *resp =
-		MHD_create_response_from_buffer(len, (void *)data, MHD_RESPMEM_MUST_COPY);
+	struct dg_resp *resp = r->ops->resp_new(r, (void *)data, len, false);
 	if (!resp)
 		return MHD_NO;
 	if (content_type)
-		MHD_add_response_header(resp, "Content-Type", content_type);
+		r->ops->resp_header(resp, "Content-Type", content_type);
 	if (index)
 		add_index_headers(r, resp, index);
-	return queue(r, status, resp);
+	return dg_reply_resp(r, status, resp);
 }
 
 int dg_reply_json_text(struct dg_req *r, int status, char *text, size_t len, uint64_t index)
 {
-	struct MHD_Response *resp =
-		MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
-	if (!resp) {
-		free(text);
+	struct dg_resp *resp = r->ops->resp_new(r, text, len, true);
+	if (!resp)
 		return MHD_NO;
-	}
-	MHD_add_response_header(resp, "Content-Type", "application/json");
+	r->ops->resp_header(resp, "Content-Type", "application/json");
 	if (index)
 		add_index_headers(r, resp, index);
-	return queue(r, status, resp);
+	return dg_reply_resp(r, status, resp);
 }
 
 int dg_reply_json(struct dg_req *r, int status, json_t *body, uint64_t index)
@@ -306,21 +313,22 @@ static void write_cb(void *arg, int status, json_t *result)
 	r->write_result = result;
 	r->write_done = true;
 	dg_http *h = r->srv;
-	MHD_resume_connection(r->conn);
+	r->ops->resume(r); /* r may be gone from here on */
 	__atomic_sub_fetch(&h->writes_in_flight, 1, __ATOMIC_RELEASE);
 }
 
 int dg_req_write(struct dg_req *r, json_t *cmd)
 {
-	MHD_suspend_connection(r->conn);
+	dg_http *h = r->srv;
+	r->ops->suspend(r);
 	r->suspended = true;
-	__atomic_add_fetch(&r->srv->writes_in_flight, 1, __ATOMIC_RELAXED);
-	int rv = dg_lan_write(r->srv->lan, cmd, write_cb, r);
+	__atomic_add_fetch(&h->writes_in_flight, 1, __ATOMIC_RELAXED);
+	int rv = dg_lan_write(h->lan, cmd, write_cb, r);
 	if (rv != 0) {
 		r->write_status = rv;
 		r->write_done = true;
-		MHD_resume_connection(r->conn);
-		__atomic_sub_fetch(&r->srv->writes_in_flight, 1, __ATOMIC_RELEASE);
+		r->ops->resume(r); /* before the handler returned: never frees r */
+		__atomic_sub_fetch(&h->writes_in_flight, 1, __ATOMIC_RELEASE);
 	}
 	return MHD_YES;
 }
@@ -362,21 +370,37 @@ static void unlink_waiter(dg_http *h, struct dg_waiter *w)
 	if (w->next)
 		w->next->prev = w->prev;
 	w->prev = w->next = NULL;
+	w->r->waiter = NULL;
 	h->nwaiters--;
 }
 
+/* Resumes every request of a list of waiters already unlinked (so held by the caller alone). */
 static void resume_all(struct dg_waiter *list)
 {
 	while (list) {
 		struct dg_waiter *next = list->next;
 		struct dg_req *r = list->r;
-		r->waiter = NULL;
 		r->woken = true;
 		free(list->key);
 		free(list);
-		MHD_resume_connection(r->conn);
+		r->ops->resume(r);
 		list = next;
 	}
+}
+
+bool dg__http_unpark(struct dg_req *r)
+{
+	dg_http *h = r->srv;
+	struct dg_waiter *w;
+	pthread_mutex_lock(&h->wmu);
+	if ((w = r->waiter) != NULL)
+		unlink_waiter(h, w);
+	pthread_mutex_unlock(&h->wmu);
+	if (w) {
+		free(w->key);
+		free(w);
+	}
+	return w != NULL;
 }
 
 /* Takes every waiter that one of the n changes matches, or (v NULL) every waiter of one of
@@ -473,7 +497,7 @@ int dg_req_block(struct dg_req *r, unsigned topics, const char *key, bool prefix
 			r->deadline_ms = dg_now_ms(); /* answer with what we have */
 		return DG_HTTP_RETRY;
 	}
-	MHD_suspend_connection(r->conn);
+	r->ops->suspend(r);
 	r->suspended = true;
 	r->waiter = w;
 	w->next = h->waiters;
@@ -520,18 +544,17 @@ int dg_serve_read(struct dg_req *r, unsigned topics, const char *key, dg_index_f
 /* Every forward and join ends in fed_finish(), on federation's thread, after the results are
  * stored in r. The handler, on the MHD thread, suspends the request only if the callback has not
  * run yet (fed_park); both decide under fmu, so exactly one of them resumes or answers. The
- * callback touches neither r nor its connection after the resume: from then on the MHD thread
- * owns r again and may free it. */
+ * callback does not touch r after the resume: from then on the thread serving r owns it again
+ * and may free it. */
 static void fed_finish(struct dg_req *r)
 {
 	dg_http *h = r->srv;
-	struct MHD_Connection *conn = r->conn;
 	pthread_mutex_lock(&h->fmu);
 	r->fed_done = true;
 	bool parked = r->fed_parked;
 	pthread_mutex_unlock(&h->fmu);
 	if (parked)
-		MHD_resume_connection(conn);
+		r->ops->resume(r); /* r may be gone from here on */
 	__atomic_sub_fetch(&h->feds_in_flight, 1, __ATOMIC_RELEASE);
 }
 
@@ -543,7 +566,7 @@ static bool fed_park(struct dg_req *r)
 	pthread_mutex_lock(&h->fmu);
 	bool done = r->fed_done;
 	if (!done) {
-		MHD_suspend_connection(r->conn);
+		r->ops->suspend(r);
 		r->suspended = true;
 		r->fed_parked = true;
 	}
@@ -609,15 +632,13 @@ static int reply_forwarded(struct dg_req *r)
 		return reply_fed_error(r, r->fed_err);
 	if (fr->status < 100 || fr->status > 999)
 		return reply_fed_error(r, DG_EIO);
-	struct MHD_Response *resp;
+	struct dg_resp *resp;
 	if (fr->body && fr->len) {
-		resp = MHD_create_response_from_buffer(fr->len, fr->body, MHD_RESPMEM_MUST_FREE);
-		if (resp) {
-			fr->body = NULL; /* MHD frees it with the response */
-			fr->len = 0;
-		}
+		resp = r->ops->resp_new(r, fr->body, fr->len, true);
+		fr->body = NULL; /* the response's now, or freed */
+		fr->len = 0;
 	} else {
-		resp = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+		resp = r->ops->resp_new(r, "", 0, false);
 	}
 	if (!resp)
 		return MHD_NO;
@@ -627,7 +648,7 @@ static int reply_forwarded(struct dg_req *r)
 	{
 		const char *value = json_string_value(v);
 		if (value && header_ok(name, value))
-			MHD_add_response_header(resp, name, value);
+			r->ops->resp_header(resp, name, value);
 	}
 	return queue_as_is(r, fr->status, resp);
 }
@@ -655,9 +676,8 @@ struct query_text {
 	int err;
 };
 
-/* One GET argument as MHD decoded it, encoded again; a key given without '=' stays bare. */
-static enum MHD_Result query_text_cb(void *cls, enum MHD_ValueKind kind, const char *key,
-				     const char *value)
+/* One GET argument as decoded, encoded again; a key given without '=' stays bare. */
+static void query_text_cb(void *cls, const char *key, const char *value)
 {
 	struct query_text *q = cls;
 	if (q->err == 0)
@@ -667,11 +687,10 @@ static enum MHD_Result query_text_cb(void *cls, enum MHD_ValueKind kind, const c
 		q->err = url_escape(q->b, key, "");
 	if (value && q->err == 0 && (q->err = dg_buf_append(q->b, "=", 1)) == 0)
 		q->err = url_escape(q->b, value, "");
-	return MHD_YES;
 }
 
-/* The request's path and query as the remote DC's HTTP API must receive them. MHD hands us
- * both decoded, so they are encoded again; the dc parameter stays (it names the remote DC,
+/* The request's path and query as the remote DC's HTTP API must receive them. Both come
+ * decoded, so they are encoded again; the dc parameter stays (it names the remote DC,
  * which answers it locally). */
 static int forward_path(struct dg_req *r, struct dg_buf *out)
 {
@@ -679,7 +698,7 @@ static int forward_path(struct dg_req *r, struct dg_buf *out)
 	int rv = url_escape(out, r->url, "/:@");
 	if (rv != 0)
 		return rv;
-	MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, query_text_cb, &q);
+	r->ops->args(r, query_text_cb, &q);
 	return q.err;
 }
 
@@ -689,7 +708,7 @@ static json_t *forward_headers(struct dg_req *r)
 	static const char *const names[] = {"X-Consul-Token", "Content-Type", "Cache-Control"};
 	json_t *h = json_object();
 	for (size_t i = 0; h && i < sizeof(names) / sizeof(names[0]); i++) {
-		const char *v = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, names[i]);
+		const char *v = dg_req_header(r, names[i]);
 		if (v && json_object_set_new(h, names[i], json_string(v)) != 0) {
 			json_decref(h);
 			h = NULL;
@@ -719,7 +738,7 @@ static bool cacheable(const char *path)
 /* max-age and stale-if-error from the request's Cache-Control (seconds; -1 when absent). */
 static void cache_control(struct dg_req *r, int64_t *max_age, int64_t *stale_if_error)
 {
-	const char *cc = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Cache-Control");
+	const char *cc = dg_req_header(r, "Cache-Control");
 	static const struct {
 		const char *name;
 		size_t len;
@@ -811,16 +830,14 @@ int dg_req_wan_join(struct dg_req *r, const char *addr)
 
 /* ---- dispatch ---- */
 
-static enum MHD_Result query_cb(void *cls, enum MHD_ValueKind kind, const char *key,
-				const char *value)
+static void query_cb(void *cls, const char *key, const char *value)
 {
 	struct dg_req *r = cls;
 	char err[256];
 	if (r->query_err)
-		return MHD_YES;
+		return;
 	if (dg_query_set(&r->q, key, value ? value : "", err, sizeof(err)) != 0)
 		r->query_err = strdup(err);
-	return MHD_YES;
 }
 
 static const char *method_list(unsigned m, char *buf, size_t len)
@@ -891,36 +908,28 @@ static int dispatch(struct dg_req *r)
 					     "Invalid URL path: not a recognized HTTP API endpoint\n",
 					     0);
 		if (r->method == DG_OPTIONS || !(r->route->methods & r->method)) {
-			struct MHD_Response *resp =
-				MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
 			int status = r->method == DG_OPTIONS ? 200 : 405;
-			char body[64];
+			char body[64] = "";
+			if (status == 405)
+				snprintf(body, sizeof(body), "method %s not allowed", r->method_text);
+			struct dg_resp *resp = r->ops->resp_new(r, body, strlen(body), false);
 			if (!resp)
 				return MHD_NO;
-			MHD_add_response_header(resp, "Allow",
-						method_list(r->route->methods, allow, sizeof(allow)));
-			if (status == 405) {
-				MHD_destroy_response(resp);
-				snprintf(body, sizeof(body), "method %s not allowed", r->method_text);
-				resp = MHD_create_response_from_buffer(strlen(body), body,
-								       MHD_RESPMEM_MUST_COPY);
-				if (!resp)
-					return MHD_NO;
-				MHD_add_response_header(resp, "Allow", allow);
-				MHD_add_response_header(resp, "Content-Type",
-							"text/plain; charset=utf-8");
-			}
-			return queue(r, status, resp);
+			r->ops->resp_header(resp, "Allow",
+					    method_list(r->route->methods, allow, sizeof(allow)));
+			if (status == 405)
+				r->ops->resp_header(resp, "Content-Type",
+						    "text/plain; charset=utf-8");
+			return dg_reply_resp(r, status, resp);
 		}
-		MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, query_cb, r);
+		r->ops->args(r, query_cb, r);
 		char err[256];
 		if (!r->query_err && dg_query_finish(&r->q, err, sizeof(err)) != 0)
 			r->query_err = strdup(err);
 		if (r->query_err)
 			return dg_reply_text(r, 400, r->query_err, 0);
 		if (!r->q.token) {
-			const char *tok = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
-								      "X-Consul-Token");
+			const char *tok = dg_req_header(r, "X-Consul-Token");
 			if (tok)
 				r->q.token = strdup(tok);
 		}
@@ -947,7 +956,7 @@ static int dispatch(struct dg_req *r)
 	}
 }
 
-static enum dg_method parse_method(const char *m)
+enum dg_method dg__http_method_parse(const char *m)
 {
 	if (strcmp(m, "GET") == 0 || strcmp(m, "HEAD") == 0)
 		return DG_GET;
@@ -961,6 +970,119 @@ static enum dg_method parse_method(const char *m)
 		return DG_OPTIONS;
 	return 0;
 }
+
+int dg__http_run(struct dg_req *r)
+{
+	if (r->answered)
+		return MHD_YES;
+	r->suspended = false;
+	return dispatch(r) == MHD_NO ? MHD_NO : MHD_YES;
+}
+
+void dg__http_req_init(struct dg_req *r, dg_http *h, const struct dg_req_ops *ops, void *io)
+{
+	r->srv = h;
+	r->ops = ops;
+	r->io = io;
+	dg_buf_init(&r->body);
+	__atomic_add_fetch(&h->stats.requests, 1, __ATOMIC_RELAXED);
+}
+
+void dg__http_req_fini(struct dg_req *r)
+{
+	dg_query_fini(&r->q);
+	free(r->query_err);
+	free(r->url);
+	dg_buf_fini(&r->body);
+	json_decref(r->write_result);
+	dg_fed_response_fini(&r->fed_resp);
+	free(r->fed_msg);
+	free(r->fed_dc);
+	free(r->fed_path);
+	json_decref(r->fed_headers);
+	if (r->scratch_free)
+		r->scratch_free(r->scratch);
+}
+
+/* ---- requests from MHD: r->io is the connection, a dg_resp is an MHD_Response ---- */
+
+static bool mhd_arg(struct dg_req *r, const char *name, const char **value)
+{
+	return MHD_lookup_connection_value_n(r->io, MHD_GET_ARGUMENT_KIND, name, strlen(name), value,
+					     NULL) == MHD_YES;
+}
+
+struct mhd_args {
+	dg_req_arg_fn fn;
+	void *cls;
+};
+
+static enum MHD_Result mhd_args_cb(void *cls, enum MHD_ValueKind kind, const char *key,
+				   const char *value)
+{
+	struct mhd_args *a = cls;
+	a->fn(a->cls, key, value);
+	return MHD_YES;
+}
+
+static void mhd_args(struct dg_req *r, dg_req_arg_fn fn, void *cls)
+{
+	struct mhd_args a = {fn, cls};
+	MHD_get_connection_values(r->io, MHD_GET_ARGUMENT_KIND, mhd_args_cb, &a);
+}
+
+static const char *mhd_header(struct dg_req *r, const char *name)
+{
+	return MHD_lookup_connection_value(r->io, MHD_HEADER_KIND, name);
+}
+
+static struct dg_resp *mhd_resp_new(struct dg_req *r, void *body, size_t len, bool take)
+{
+	struct MHD_Response *resp = MHD_create_response_from_buffer(
+		len, body, take ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_MUST_COPY);
+	if (!resp && take)
+		free(body);
+	return (struct dg_resp *)resp;
+}
+
+static void mhd_resp_header(struct dg_resp *resp, const char *name, const char *value)
+{
+	MHD_add_response_header((struct MHD_Response *)resp, name, value);
+}
+
+static void mhd_resp_free(struct dg_resp *resp)
+{
+	MHD_destroy_response((struct MHD_Response *)resp);
+}
+
+static int mhd_respond(struct dg_req *r, int status, struct dg_resp *resp)
+{
+	int rv = MHD_queue_response(r->io, (unsigned)status, (struct MHD_Response *)resp);
+	MHD_destroy_response((struct MHD_Response *)resp);
+	return rv;
+}
+
+static void mhd_suspend(struct dg_req *r)
+{
+	MHD_suspend_connection(r->io);
+}
+
+static void mhd_resume(struct dg_req *r)
+{
+	MHD_resume_connection(r->io);
+}
+
+static const struct dg_req_ops mhd_ops = {
+	.arg = mhd_arg,
+	.args = mhd_args,
+	.header = mhd_header,
+	.resp_new = mhd_resp_new,
+	.resp_header = mhd_resp_header,
+	.resp_free = mhd_resp_free,
+	.respond = mhd_respond,
+	.suspend = mhd_suspend,
+	.resume = mhd_resume,
+};
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
 				  const char *method, const char *version, const char *upload_data,
@@ -976,14 +1098,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 		r = calloc(1, sizeof(*r));
 		if (!r)
 			return MHD_NO;
-		r->srv = h;
-		r->conn = conn;
-		r->method = parse_method(method);
+		dg__http_req_init(r, h, &mhd_ops, conn);
+		r->method = dg__http_method_parse(method);
 		r->method_text = method;
 		r->url = strdup(url);
-		dg_buf_init(&r->body);
 		*con_cls = r;
-		__atomic_add_fetch(&h->stats.requests, 1, __ATOMIC_RELAXED);
 		return r->url ? MHD_YES : MHD_NO;
 	}
 	if (*upload_data_size) {
@@ -994,10 +1113,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 		*upload_data_size = 0;
 		return MHD_YES;
 	}
-	if (r->answered)
-		return MHD_YES;
-	r->suspended = false;
-	return dispatch(r) == MHD_NO ? MHD_NO : MHD_YES;
+	return dg__http_run(r) == MHD_NO ? MHD_NO : MHD_YES;
 }
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
@@ -1006,18 +1122,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 	struct dg_req *r = *con_cls;
 	if (!r)
 		return;
-	dg_query_fini(&r->q);
-	free(r->query_err);
-	free(r->url);
-	dg_buf_fini(&r->body);
-	json_decref(r->write_result);
-	dg_fed_response_fini(&r->fed_resp);
-	free(r->fed_msg);
-	free(r->fed_dc);
-	free(r->fed_path);
-	json_decref(r->fed_headers);
-	if (r->scratch_free)
-		r->scratch_free(r->scratch);
+	dg__http_req_fini(r);
 	free(r);
 	*con_cls = NULL;
 }
