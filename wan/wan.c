@@ -54,10 +54,14 @@
 #define IDLE_RECEIVERS 4 /* jobs kept waiting for requests; more are parked */
 #define TICK_MS 100
 /* Batchable requests (forwarded non-blocking reads) in flight to one server at once, each
- * alone or a BATCH; more wait and leave together when one comes back. Two keeps the link
- * busy while an answer is on its way back and the next batch fills (one halves throughput
- * under load, more makes smaller batches for little gain: docs/federation.md has the figures). */
-#define BATCH_SLOTS 2
+ * alone or a BATCH; more wait and leave together when it comes back. Every WAN message costs
+ * nng far more CPU than its bytes do, so under load fewer, fuller messages win: one in flight
+ * gave the most forwarded reads/s on loopback (docs/federation.md has the figures). */
+#define BATCH_SLOTS 1
+/* ... except that a full batch (DG_WAN_MAX_BATCH waiting) leaves at once, up to this many in
+ * flight: on a long link one batch per round trip would cap a server pair's forwarded reads
+ * at DG_WAN_MAX_BATCH per RTT (about 400/s at 150 ms), and waiting can only add latency then */
+#define BATCH_SLOTS_FULL 8
 
 struct peer {
 	dg_wan *w;
@@ -314,12 +318,17 @@ static const char *status_name(int s)
 
 /* ---- ops: one request/reply on a req context ---- */
 
-static struct op *op_new(dg_wan *w, enum op_kind kind, struct peer *p)
+/* lazy_aio: the aio is allocated when the op is first started (op_start), for batchable
+ * requests: most of them travel inside a BATCH and never need one, and an aio costs an
+ * allocation and a wake-up of nng's reaper thread per request. Only ops that nothing but their
+ * current owner touches may be lazy (pipe_cb cancels the aios of requests that are not
+ * retryable: those get theirs here). */
+static struct op *op_new_lazy(dg_wan *w, enum op_kind kind, struct peer *p, bool lazy_aio)
 {
 	struct op *o = calloc(1, sizeof(*o));
 	if (!o)
 		return NULL;
-	if (nng_aio_alloc(&o->aio, op_cb, o) != 0) {
+	if (!lazy_aio && nng_aio_alloc(&o->aio, op_cb, o) != 0) {
 		free(o);
 		return NULL;
 	}
@@ -331,12 +340,18 @@ static struct op *op_new(dg_wan *w, enum op_kind kind, struct peer *p)
 	return o;
 }
 
+static struct op *op_new(dg_wan *w, enum op_kind kind, struct peer *p)
+{
+	return op_new_lazy(w, kind, p, false);
+}
+
 /* Frees an op; may run inside its own aio callback (the aio is reaped in the background). */
 static void op_free(struct op *o)
 {
 	if (o->ctx_open)
 		nng_ctx_close(o->ctx);
-	nng_aio_reap(o->aio);
+	if (o->aio)
+		nng_aio_reap(o->aio);
 	dg_buf_fini(&o->msg);
 	free(o->items); /* the requests themselves are freed on their own */
 	free(o);
@@ -364,11 +379,18 @@ static void inflight_del(dg_wan *w, struct op *o)
 	w->stats.in_flight -= o->kind == OP_REQ;
 }
 
+static void op_done(struct op *o, int err, const struct dg_wan_msg *reply);
+
 /* Sends o->msg on sock; the reply (or error) comes to op_done(). Without mu. */
 static void op_start(struct op *o, nng_socket sock)
 {
 	nng_msg *m = NULL;
 	int rv;
+	if (!o->aio && nng_aio_alloc(&o->aio, op_cb, o) != 0) {
+		/* no aio to complete through: end it here, as the callback would have */
+		op_done(o, DG_ENOMEM, NULL);
+		return;
+	}
 	if (o->ctx_open) {
 		nng_ctx_close(o->ctx);
 		o->ctx_open = false;
@@ -400,7 +422,6 @@ static void op_start(struct op *o, nng_socket sock)
 	nng_ctx_send(o->ctx, o->aio);
 }
 
-static void op_done(struct op *o, int err, const struct dg_wan_msg *reply);
 static void batch_done(struct op *c, int err, const struct dg_wan_msg *reply,
 		       const struct dg_wan_msg *items);
 
@@ -1349,9 +1370,10 @@ static void after_run(struct after *a)
 
 /* Sends request o to p: at once, or, when it is batchable and p's batch slots are all taken,
  * after the others waiting in p's queue (slot_release sends them). With mu held. */
+static void slot_release(dg_wan *w, struct peer *p, struct after *a);
+
 static void req_route(dg_wan *w, struct op *o, struct peer *p, struct after *a)
 {
-	(void)w;
 	o->peer = p;
 	if (o->batchable && !o->alone) {
 		if (p->batch_slots >= BATCH_SLOTS) {
@@ -1362,6 +1384,10 @@ static void req_route(dg_wan *w, struct op *o, struct peer *p, struct after *a)
 				p->queue = o;
 			p->queue_tail = o;
 			p->nqueued++;
+			if (p->nqueued >= DG_WAN_MAX_BATCH && p->batch_slots < BATCH_SLOTS_FULL) {
+				p->batch_slots++; /* a full batch does not wait for a slot */
+				slot_release(w, p, a);
+			}
 			return;
 		}
 		p->batch_slots++;
@@ -2066,7 +2092,8 @@ int dg_wan_request(dg_wan *w, const char *dc, enum dg_wan_type type, json_t *hdr
 		   dg_wan_reply_fn cb, void *arg)
 {
 	bool known;
-	struct op *o = op_new(w, OP_REQ, NULL);
+	bool batchable = (flags & DG_WAN_REQ_BATCHABLE) && type == DG_WAN_HTTP;
+	struct op *o = op_new_lazy(w, OP_REQ, NULL, batchable);
 	if (!o)
 		return DG_ENOMEM;
 	int rv = dg_wan_msg_encode(&o->msg, type, hdr, body, len);
@@ -2077,7 +2104,7 @@ int dg_wan_request(dg_wan *w, const char *dc, enum dg_wan_type type, json_t *hdr
 	snprintf(o->dc, sizeof(o->dc), "%s", dc);
 	o->timeout_ms = timeout_ms ? timeout_ms : REQ_TIMEOUT_MS;
 	o->retryable = (flags & (DG_WAN_REQ_RETRYABLE | DG_WAN_REQ_BATCHABLE)) != 0;
-	o->batchable = (flags & DG_WAN_REQ_BATCHABLE) && type == DG_WAN_HTTP;
+	o->batchable = batchable;
 	o->cb = cb;
 	o->arg = arg;
 	struct after a = {0};
