@@ -858,6 +858,10 @@ void dg_fed_stats(dg_fed *f, struct dg_fed_stats *out)
 		out->wan_suspicions = ws.suspicions;
 		out->wan_failures = ws.failures_declared;
 		out->wan_bad_messages = ws.bad_messages;
+		out->wan_batches = ws.batches;
+		out->wan_batched = ws.batched;
+		out->wan_batch_resends = ws.batch_resends;
+		out->wan_batches_served = ws.batches_served;
 	}
 }
 

@@ -138,6 +138,9 @@ struct dg_fed_stats {
 	/* from the WAN pool: bytes of WAN messages, probes and failures declared */
 	uint64_t wan_bytes_sent, wan_bytes_received, wan_probes, wan_probe_timeouts,
 	    wan_suspicions, wan_failures, wan_bad_messages;
+	/* batches of forwarded reads: BATCH messages sent and the requests in them, requests
+	 * asked again alone because their answer did not fit, batches served for other DCs */
+	uint64_t wan_batches, wan_batched, wan_batch_resends, wan_batches_served;
 };
 void dg_fed_stats(dg_fed *f, struct dg_fed_stats *out);
 

@@ -1600,7 +1600,8 @@ static int agent_metrics(struct dg_req *r)
 	size_t n = sizeof(base) / sizeof(base[0]);
 	const char *format = qarg(r, "format");
 	/* days to expiry of the loaded certificate and CA, read from the files in use now */
-	struct metric all[sizeof(base) / sizeof(base[0]) + 18];
+	/* room for every metric added below (22 at most); the check after them keeps it honest */
+	struct metric all[sizeof(base) / sizeof(base[0]) + 22];
 	memcpy(all, base, sizeof(base));
 	/* federation: zeros without WAN, so dashboards and tests find the names on every agent.
 	 * forwards_waiting counts local requests parked on a forward; in_flight counts WAN
@@ -1653,6 +1654,18 @@ static int agent_metrics(struct dg_req *r)
 	all[n++] = (struct metric){"dcgate.wan.bad_messages",
 				   "WAN links closed for bad or misattributed messages.", true,
 				   (double)fs.wan_bad_messages};
+	all[n++] = (struct metric){"dcgate.wan.batches_sent",
+				   "BATCH messages of forwarded reads sent to other DCs.", true,
+				   (double)fs.wan_batches};
+	all[n++] = (struct metric){"dcgate.wan.batched_requests",
+				   "Forwarded reads that travelled inside a BATCH message.", true,
+				   (double)fs.wan_batched};
+	all[n++] = (struct metric){"dcgate.wan.batch_resends",
+				   "Batched reads asked again alone: their answer did not fit.",
+				   true, (double)fs.wan_batch_resends};
+	all[n++] = (struct metric){"dcgate.wan.batches_served",
+				   "BATCH messages from other DCs answered here.", true,
+				   (double)fs.wan_batches_served};
 	all[n++] = (struct metric){"dcgate.federation.cache_entries",
 				   "Remote answers kept for ?cached and refreshed in the background.",
 				   false, (double)fs.cache_entries};
@@ -1669,6 +1682,8 @@ static int agent_metrics(struct dg_req *r)
 						   "Days until the CA certificate expires.", false,
 						   ca_days};
 	}
+	if (n > sizeof(all) / sizeof(all[0]))
+		abort(); /* all[] overran: a metric was added above without room for it */
 	m = all;
 
 	if (format && strcmp(format, "prometheus") == 0) {

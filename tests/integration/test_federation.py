@@ -828,16 +828,18 @@ class JoinWaysTest(OwnServersTestCase):
         self._passed = True
 
 
+def counter(agent, name):
+    """A counter's Count in the agent's /v1/agent/metrics, or None when it has no such name."""
+    m = agent.get("/v1/agent/metrics").json()
+    return next((c["Count"] for c in m.get("Counters", []) if c["Name"] == name), None)
+
+
 class CachedRemoteReadTest(OwnServersTestCase):
     """?cached on a remote read: the first is fetched (X-Cache: MISS), the next answered from
     dc1's copy (HIT, Age 0), the copy follows changes in the remote DC by itself (background
     blocking refresh), and while the remote DC is down the copy is served only when
     Cache-Control: stale-if-error allows it. Two one-server DCs of its own (ca1, ca2)."""
     name = "fedcache"
-
-    def counter(self, agent, name):
-        m = agent.get("/v1/agent/metrics").json()
-        return next((c["Count"] for c in m.get("Counters", []) if c["Name"] == name), None)
 
     def test_cached_copy_follows_and_serves_stale_if_allowed(self):
         c1 = self.server("ca1")
@@ -858,7 +860,7 @@ class CachedRemoteReadTest(OwnServersTestCase):
                    "the cached copy to show v2")
         r = c1.get(path)
         self.assertEqual(r.header("X-Cache"), "HIT", r)
-        self.assertGreaterEqual(self.counter(c1, "dcgate.federation.cache_hits"), 2)
+        self.assertGreaterEqual(counter(c1, "dcgate.federation.cache_hits"), 2)
         # the remote DC goes away: no stale answer unless the client allows one
         c2.kill9()
         wait_until(lambda: c1.get(path).status == 500, 30, 0.2, "a plain ?cached read to fail")
@@ -1033,6 +1035,8 @@ class BatchedForwardTest(OwnServersTestCase):
             r = b1.get("/v1/kv/%s?dc=bt2" % k, timeout=60)
             return k, r
 
+        batched_before = counter(b1, "dcgate.wan.batched_requests")
+        self.assertIsNotNone(batched_before, "no dcgate.wan.batched_requests in bt1's metrics")
         for rnd in range(5):
             for k, r in self.concurrently([lambda k=k: read(k) for k in keys]):
                 self.assertEqual(r.status, 200, "round %d, %s: %r" % (rnd, k, r))
@@ -1040,7 +1044,12 @@ class BatchedForwardTest(OwnServersTestCase):
                 self.assertEqual(r.json()[0]["Key"], k)
                 self.assertEqual(r.index, direct[k], "round %d, %s: X-Consul-Index" % (rnd, k))
                 self.assertEqual(r.header("X-Consul-KnownLeader"), "true", r)
-            # a missing key among them: 404 for that one, the others unaffected
+        # 160 reads, 32 at a time, to one server: some must have shared a message
+        self.assertGreater(counter(b1, "dcgate.wan.batched_requests"), batched_before,
+                           "no forwarded read travelled in a batch")
+        self.assertGreater(counter(b1, "dcgate.wan.batches_sent"), 0)
+        self.assertGreater(counter(b2, "dcgate.wan.batches_served"), 0)
+        # a missing key among them: 404 for that one, the others unaffected
         rs = self.concurrently([lambda: read("batch/missing")] + [lambda k=k: read(k) for k in keys[:15]])
         self.assertEqual(rs[0][1].status, 404, rs[0][1])
         for k, r in rs[1:]:
