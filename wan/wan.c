@@ -74,7 +74,9 @@ struct peer {
 	dg_wan *w;
 	struct dg_wan_wire_member m; /* status is our view; inc the highest seen */
 	nng_socket ctl, data;
+	nng_dialer dialers[2]; /* of ctl and data, closed before the sockets go to the closer */
 	nng_tls_config *tls;
+	bool linked_since_open; /* a link came up on these sockets (see the recycling below) */
 	bool open;	      /* sockets are open (and dialing) */
 	bool opening;	      /* the timer thread is opening them */
 	bool closing;	      /* left: the timer thread closes them */
@@ -188,6 +190,7 @@ struct retry_addr {
 
 struct socket_to_close {
 	nng_socket s;
+	nng_dialer d; /* closed first (0: none) */
 	nng_tls_config *tls;
 	struct socket_to_close *next;
 };
@@ -556,6 +559,7 @@ static void pipe_cb(nng_pipe pipe, nng_pipe_ev ev, void *arg)
 	int *count = is_data ? &p->data_pipes : &p->ctl_pipes;
 	if (ev == NNG_PIPE_EV_ADD_POST) {
 		(*count)++;
+		p->linked_since_open = true;
 		p->ever_linked |= is_data;
 		if (!is_data)
 			p->want_pushpull = true; /* a new link: swap views at once */
@@ -612,6 +616,9 @@ static void peer_open(dg_wan *w, struct peer *p)
 	pthread_mutex_lock(&w->mu);
 	p->ctl = ctl;
 	p->data = data;
+	p->dialers[0] = dialers[0];
+	p->dialers[1] = dialers[1];
+	p->linked_since_open = false;
 	p->tls = tls;
 	p->open = true;
 	p->opening = false;
@@ -1819,18 +1826,20 @@ static void *timer_main(void *arg)
 		}
 		uint64_t now = dg_now_ms();
 		bool pushpull_due = now >= next_pushpull;
-		/* a close stuck in nng holds every later one: replacing links would only pile up
-		 * open sockets that keep dialing, so the links we have stay (they redial by
-		 * themselves, within NNG_OPT_RECONNMAXT) */
+		/* a close stuck in nng (wan/closer.c) means nng's reaper is stuck: nothing more gets
+		 * closed, and a socket whose link dies is not redialed either (nng redials once the
+		 * dead pipe is reaped). Sockets that never had a link keep redialing by themselves,
+		 * so only those whose link came up and may have died are replaced then: one
+		 * leaked socket pair per link lost, not one per RECYCLE_MS */
 		uint64_t stuck_ms = dg__wan_closer_busy_ms(w->closer, now);
 		bool close_stuck = stuck_ms >= CLOSE_STUCK_MS;
 		if (close_stuck && !w->close_stuck_logged) {
 			DG_LOGW(WAN, "closing a WAN socket has taken %llu ms (nng 1.5.2 lost an aio); "
-				     "failed members' links are no longer replaced",
+				     "failed members' links are replaced only after a link was lost",
 				(unsigned long long)stuck_ms);
 			w->close_stuck_logged = true;
 		} else if (stuck_ms == 0 && w->close_stuck_logged) {
-			DG_LOGI(WAN, "WAN sockets close again; failed members' links are replaced");
+			DG_LOGI(WAN, "WAN sockets close again; failed members' links are replaced as usual");
 			w->close_stuck_logged = false;
 		}
 		if (pushpull_due)
@@ -1854,7 +1863,9 @@ static void *timer_main(void *arg)
 				struct socket_to_close *d = calloc(1, sizeof(*d));
 				if (c && d) {
 					c->s = p->ctl;
+					c->d = p->dialers[0];
 					d->s = p->data;
+					d->d = p->dialers[1];
 					d->tls = p->tls; /* freed after both closes */
 					c->next = d;
 					d->next = closing;
@@ -1864,6 +1875,8 @@ static void *timer_main(void *arg)
 					p->ctl_pipes = p->data_pipes = 0;
 					p->tls = NULL;
 					p->ctl = p->data = (nng_socket)NNG_SOCKET_INITIALIZER;
+					p->dialers[0] = p->dialers[1] =
+						(nng_dialer)NNG_DIALER_INITIALIZER;
 				} else {
 					free(c);
 					free(d);
@@ -1894,7 +1907,7 @@ static void *timer_main(void *arg)
 			 * replace them now and then, so that when the member comes back a fresh
 			 * connection finds it within RECYCLE_MS */
 			if (p->m.status == DG_WAN_FAILED && now - p->recycled_ms >= RECYCLE_MS &&
-			    !close_stuck) {
+			    (!close_stuck || p->linked_since_open)) {
 				p->recycled_ms = now;
 				p->closing = true;
 				continue;
@@ -1952,6 +1965,10 @@ static void *timer_main(void *arg)
 			while (*l) {
 				struct socket_to_close *c = *l;
 				*l = c->next;
+				/* nng_dialer_close() waits for nothing: a socket that waits in the
+				 * closer's queue (or forever, behind a stuck close) no longer dials */
+				if (nng_dialer_id(c->d) > 0)
+					nng_dialer_close(c->d);
 				sock_close(w, c->s, c->tls);
 				free(c);
 			}
