@@ -13,7 +13,7 @@
  *
  * So the pool never calls nng_close() on a thread anything waits for: the timer thread and
  * shutdown hand sockets here. If a close sticks, only this thread and the sockets queued behind
- * it wait; the timer notices (dg__wan_closer_busy_ms) and stops replacing links, and shutdown
+ * it wait; the timer notices (dg__wan_closer_busy_ms) and replaces only links it must, and shutdown
  * gives up after a bounded wait and leaves the rest to the process exit.
  *
  * Ownership: the closer belongs to its creator until dg__wan_closer_stop(); after a stop that

@@ -21,8 +21,9 @@
  * freed before dg_wan_free(), so an op may keep a peer pointer.
  *
  * No thread here calls nng_close() on a socket that has been connected: nng 1.5.2 can wait in
- * it forever (wan/closer.c), so sockets go to the closer's thread, the timer stops replacing
- * links while a close is stuck, and dg_wan_free() waits for the closer only CLOSE_WAIT_MS. */
+ * it forever (wan/closer.c), so sockets go to the closer's thread (their dialers closed first),
+ * while a close is stuck the timer replaces only links that were up, and dg_wan_free() waits
+ * for the closer only CLOSE_WAIT_MS. */
 #include "wan/wan.h"
 
 #include <nng/nng.h>
@@ -46,7 +47,7 @@
 #define SUSPECT_DOWN_MS 3000 /* ... or this long when its link is down too (a reset or a
 			      * refused redial: the process is gone, not slow) */
 #define RECYCLE_MS 5000	    /* a failed member's sockets are replaced this often */
-#define CLOSE_STUCK_MS 2000 /* a close taking this long is stuck in nng: stop replacing links */
+#define CLOSE_STUCK_MS 2000 /* a close taking this long is stuck in nng (see timer_main) */
 #define CLOSE_WAIT_MS 2000  /* shutdown waits this long for the sockets to close */
 #define PROBE_MIN_MS 250    /* no probe timeout below this */
 #define PROBE_MAX_MS 5000   /* nor above this */
