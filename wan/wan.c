@@ -18,7 +18,12 @@
  * callbacks (aio completions, pipe events) and the timer thread take it; user callbacks
  * (request replies, join results, the serve function) are always called without it. nng calls
  * that may wait for callbacks (nng_close, dialer start) are made without it too. Peers are never
- * freed before dg_wan_free(), so an op may keep a peer pointer. */
+ * freed before dg_wan_free(), so an op may keep a peer pointer.
+ *
+ * No thread here calls nng_close() on a socket that has been connected: nng 1.5.2 can wait in
+ * it forever (wan/closer.c), so sockets go to the closer's thread (their dialers closed first),
+ * while a close is stuck the timer replaces only links that were up, and dg_wan_free() waits
+ * for the closer only CLOSE_WAIT_MS. */
 #include "wan/wan.h"
 
 #include <nng/nng.h>
@@ -34,6 +39,7 @@
 #include <time.h>
 
 #include "common/common.h"
+#include "wan/closer.h"
 
 #define WAN "wan"
 #define RECV_MAX ((size_t)DG_WAN_MAX_MSG + 1024)
@@ -41,6 +47,8 @@
 #define SUSPECT_DOWN_MS 3000 /* ... or this long when its link is down too (a reset or a
 			      * refused redial: the process is gone, not slow) */
 #define RECYCLE_MS 5000	    /* a failed member's sockets are replaced this often */
+#define CLOSE_STUCK_MS 2000 /* a close taking this long is stuck in nng (see timer_main) */
+#define CLOSE_WAIT_MS 2000  /* shutdown waits this long for the sockets to close */
 #define PROBE_MIN_MS 250    /* no probe timeout below this */
 #define PROBE_MAX_MS 5000   /* nor above this */
 #define PROBE_FIRST_MS 2000 /* before the first RTT sample */
@@ -67,7 +75,9 @@ struct peer {
 	dg_wan *w;
 	struct dg_wan_wire_member m; /* status is our view; inc the highest seen */
 	nng_socket ctl, data;
+	nng_dialer dialers[2]; /* of ctl and data, closed before the sockets go to the closer */
 	nng_tls_config *tls;
+	bool linked_since_open; /* a link came up on these sockets (see the recycling below) */
 	bool open;	      /* sockets are open (and dialing) */
 	bool opening;	      /* the timer thread is opening them */
 	bool closing;	      /* left: the timer thread closes them */
@@ -181,6 +191,7 @@ struct retry_addr {
 
 struct socket_to_close {
 	nng_socket s;
+	nng_dialer d; /* closed first (0: none) */
 	nng_tls_config *tls;
 	struct socket_to_close *next;
 };
@@ -214,10 +225,33 @@ struct dg_wan {
 	nng_tls_config *listen_tls;
 	pthread_t timer;
 	bool timer_started;
+	struct dg__wan_closer *closer; /* closes every socket that has been dialed or listened on */
+	bool close_stuck_logged;      /* timer thread */
+	/* dg_wan_free() gave up on a stuck close and left the pool to the process exit: nng may
+	 * still complete ops, whose callers are gone, so their callbacks are not called */
+	atomic_bool abandoned;
 };
+
+/* A pool dg_wan_free() had to leave behind, kept reachable: nng's threads may still use it. */
+static dg_wan *abandoned_pool;
 
 static void op_cb(void *arg);
 static void job_cb(void *arg);
+
+/* Closes s and then frees tls (may be NULL) on the closer's thread; both are its from now on.
+ * Any thread, any lock held: it never waits for the close. */
+static void sock_close(dg_wan *w, nng_socket s, nng_tls_config *tls)
+{
+	if (w->closer) {
+		dg__wan_closer_put(w->closer, s, tls);
+		return;
+	}
+	/* no closer: dg_wan_start() failed before making one, so nothing has been connected */
+	if (nng_socket_id(s) > 0)
+		nng_close(s);
+	if (tls)
+		nng_tls_config_free(tls);
+}
 
 /* ---- small helpers ---- */
 
@@ -526,6 +560,7 @@ static void pipe_cb(nng_pipe pipe, nng_pipe_ev ev, void *arg)
 	int *count = is_data ? &p->data_pipes : &p->ctl_pipes;
 	if (ev == NNG_PIPE_EV_ADD_POST) {
 		(*count)++;
+		p->linked_since_open = true;
 		p->ever_linked |= is_data;
 		if (!is_data)
 			p->want_pushpull = true; /* a new link: swap views at once */
@@ -582,6 +617,9 @@ static void peer_open(dg_wan *w, struct peer *p)
 	pthread_mutex_lock(&w->mu);
 	p->ctl = ctl;
 	p->data = data;
+	p->dialers[0] = dialers[0];
+	p->dialers[1] = dialers[1];
+	p->linked_since_open = false;
 	p->tls = tls;
 	p->open = true;
 	p->opening = false;
@@ -598,12 +636,8 @@ static void peer_open(dg_wan *w, struct peer *p)
 	DG_LOGD(WAN, "dialing %s at %s", m.name, url);
 	return;
 fail:
-	if (nng_socket_id(ctl) > 0)
-		nng_close(ctl);
-	if (nng_socket_id(data) > 0)
-		nng_close(data);
-	if (tls)
-		nng_tls_config_free(tls);
+	sock_close(w, ctl, NULL);
+	sock_close(w, data, tls);
 	pthread_mutex_lock(&w->mu);
 	p->opening = false;
 	pthread_mutex_unlock(&w->mu);
@@ -1363,7 +1397,8 @@ static void after_run(struct after *a)
 	while (a->end) {
 		struct op *o = a->end;
 		a->end = o->snext;
-		o->cb(o->arg, o->err, NULL);
+		if (!atomic_load(&o->w->abandoned))
+			o->cb(o->arg, o->err, NULL);
 		op_free(o);
 	}
 }
@@ -1530,7 +1565,8 @@ static void req_done(struct op *o, int err, const struct dg_wan_msg *reply)
 	pthread_mutex_unlock(&w->mu);
 	after_run(&a);
 	if (finished) {
-		o->cb(o->arg, err, reply);
+		if (!atomic_load(&w->abandoned))
+			o->cb(o->arg, err, reply);
 		op_free(o);
 	}
 }
@@ -1580,7 +1616,8 @@ static void batch_done(struct op *c, int err, const struct dg_wan_msg *reply,
 	for (size_t i = 0; i < n; i++)
 		if (fin[i]) {
 			struct op *o = c->items[i];
-			o->cb(o->arg, ierr[i], ans[i]);
+			if (!atomic_load(&w->abandoned))
+				o->cb(o->arg, ierr[i], ans[i]);
 			op_free(o);
 		}
 	op_free(c);
@@ -1592,7 +1629,7 @@ static void join_finish(struct op *o, int err, const char *msg)
 	struct socket_to_close *c = calloc(1, sizeof(*c));
 	pthread_mutex_lock(&w->mu);
 	inflight_del(w, o);
-	if (c) { /* nng_close() waits for callbacks like this one: the timer thread does it */
+	if (c) { /* nng_close() waits for callbacks like this one: the timer thread hands it on */
 		c->s = o->tmp;
 		c->tls = o->tmp_tls;
 		c->next = w->to_close;
@@ -1611,7 +1648,7 @@ static void join_finish(struct op *o, int err, const char *msg)
 		DG_LOGI(WAN, "joined the WAN pool through %s", o->addr);
 	else
 		DG_LOGW(WAN, "WAN join through %s failed: %s", o->addr, msg);
-	if (o->jcb)
+	if (o->jcb && !atomic_load(&w->abandoned))
 		o->jcb(o->jarg, err, msg);
 	op_free(o);
 }
@@ -1729,9 +1766,7 @@ static int join_start(dg_wan *w, const char *addr, dg_wan_join_fn cb, void *arg,
 	    (rv = nng_dialer_set_ptr(d, NNG_OPT_TLS_CONFIG, o->tmp_tls)) != 0 ||
 	    (rv = nng_dialer_start(d, NNG_FLAG_NONBLOCK)) != 0) {
 		DG_LOGW(WAN, "join %s: %s", url, nng_strerror(rv));
-		if (nng_socket_id(o->tmp) > 0)
-			nng_close(o->tmp);
-		nng_tls_config_free(o->tmp_tls);
+		sock_close(w, o->tmp, o->tmp_tls);
 		op_free(o);
 		return DG_EIO;
 	}
@@ -1741,8 +1776,7 @@ static int join_start(dg_wan *w, const char *addr, dg_wan_join_fn cb, void *arg,
 		inflight_add(w, o);
 	pthread_mutex_unlock(&w->mu);
 	if (rv != 0) {
-		nng_close(o->tmp);
-		nng_tls_config_free(o->tmp_tls);
+		sock_close(w, o->tmp, o->tmp_tls);
 		op_free(o);
 		return rv;
 	}
@@ -1793,6 +1827,22 @@ static void *timer_main(void *arg)
 		}
 		uint64_t now = dg_now_ms();
 		bool pushpull_due = now >= next_pushpull;
+		/* a close stuck in nng (wan/closer.c) means nng's reaper is stuck: nothing more gets
+		 * closed, and a socket whose link dies is not redialed either (nng redials once the
+		 * dead pipe is reaped). Sockets that never had a link keep redialing by themselves,
+		 * so only those whose link came up and may have died are replaced then: one
+		 * leaked socket pair per link lost, not one per RECYCLE_MS */
+		uint64_t stuck_ms = dg__wan_closer_busy_ms(w->closer, now);
+		bool close_stuck = stuck_ms >= CLOSE_STUCK_MS;
+		if (close_stuck && !w->close_stuck_logged) {
+			DG_LOGW(WAN, "closing a WAN socket has taken %llu ms (nng 1.5.2 lost an aio); "
+				     "failed members' links are replaced only after a link was lost",
+				(unsigned long long)stuck_ms);
+			w->close_stuck_logged = true;
+		} else if (stuck_ms == 0 && w->close_stuck_logged) {
+			DG_LOGI(WAN, "WAN sockets close again; failed members' links are replaced as usual");
+			w->close_stuck_logged = false;
+		}
 		if (pushpull_due)
 			next_pushpull = now + w->cfg.pushpull_interval_ms;
 		/* one random linked member gets the periodic push-pull */
@@ -1814,8 +1864,10 @@ static void *timer_main(void *arg)
 				struct socket_to_close *d = calloc(1, sizeof(*d));
 				if (c && d) {
 					c->s = p->ctl;
-					c->tls = p->tls;
+					c->d = p->dialers[0];
 					d->s = p->data;
+					d->d = p->dialers[1];
+					d->tls = p->tls; /* freed after both closes */
 					c->next = d;
 					d->next = closing;
 					closing = c;
@@ -1824,6 +1876,8 @@ static void *timer_main(void *arg)
 					p->ctl_pipes = p->data_pipes = 0;
 					p->tls = NULL;
 					p->ctl = p->data = (nng_socket)NNG_SOCKET_INITIALIZER;
+					p->dialers[0] = p->dialers[1] =
+						(nng_dialer)NNG_DIALER_INITIALIZER;
 				} else {
 					free(c);
 					free(d);
@@ -1853,7 +1907,8 @@ static void *timer_main(void *arg)
 			 * backoff (a partition: minutes), or a connect whose SYNs are backing off:
 			 * replace them now and then, so that when the member comes back a fresh
 			 * connection finds it within RECYCLE_MS */
-			if (p->m.status == DG_WAN_FAILED && now - p->recycled_ms >= RECYCLE_MS) {
+			if (p->m.status == DG_WAN_FAILED && now - p->recycled_ms >= RECYCLE_MS &&
+			    (!close_stuck || p->linked_since_open)) {
 				p->recycled_ms = now;
 				p->closing = true;
 				continue;
@@ -1911,10 +1966,11 @@ static void *timer_main(void *arg)
 			while (*l) {
 				struct socket_to_close *c = *l;
 				*l = c->next;
-				if (nng_socket_id(c->s) > 0)
-					nng_close(c->s);
-				if (c->tls)
-					nng_tls_config_free(c->tls);
+				/* nng_dialer_close() waits for nothing: a socket that waits in the
+				 * closer's queue (or forever, behind a stuck close) no longer dials */
+				if (nng_dialer_id(c->d) > 0)
+					nng_dialer_close(c->d);
+				sock_close(w, c->s, c->tls);
 				free(c);
 			}
 	}
@@ -1940,6 +1996,12 @@ int dg_wan_start(const struct dg_wan_config *cfg, dg_wan **out, char *msg, size_
 		return DG_ENOMEM;
 	pthread_mutex_init(&w->mu, NULL);
 	pthread_cond_init(&w->cond, NULL);
+	w->rep = (nng_socket)NNG_SOCKET_INITIALIZER;
+	if (!(w->closer = dg__wan_closer_new(NULL))) {
+		snprintf(msg, len, "WAN: cannot start the closer thread");
+		dg_wan_free(w);
+		return DG_ENOMEM;
+	}
 	w->cfg = *cfg;
 	if (!w->cfg.probe_interval_ms)
 		w->cfg.probe_interval_ms = 1000;
@@ -1952,7 +2014,6 @@ int dg_wan_start(const struct dg_wan_config *cfg, dg_wan **out, char *msg, size_
 	w->dc = strdup(cfg->dc);
 	w->build = strdup(cfg->build ? cfg->build : "");
 	w->domain = strdup(cfg->tls->domain ? cfg->tls->domain : "consul");
-	w->rep = (nng_socket)NNG_SOCKET_INITIALIZER;
 	if (!w->bind || !w->advertise || !w->node || !w->dc || !w->build || !w->domain) {
 		dg_wan_free(w);
 		return DG_ENOMEM;
@@ -2144,24 +2205,43 @@ void dg_wan_free(dg_wan *w)
 	pthread_mutex_unlock(&w->mu);
 	if (w->timer_started)
 		pthread_join(w->timer, NULL);
-	/* closing the sockets ends every op in flight (NNG_ECLOSED -> DG_ESHUTDOWN to callers) */
-	if (w->rep_open)
-		nng_close(w->rep);
+	/* closing the sockets ends every op in flight (NNG_ECLOSED -> DG_ESHUTDOWN to callers).
+	 * The closer does it (a join's own socket, whose config join_finish() frees, included),
+	 * and the agent's exit waits for it only CLOSE_WAIT_MS: nng 1.5.2 may never return. */
+	pthread_mutex_lock(&w->mu);
+	if (w->rep_open) {
+		sock_close(w, w->rep, w->listen_tls);
+		w->listen_tls = NULL;
+		w->rep_open = false;
+	}
 	for (struct peer *p = w->peers; p; p = p->next)
 		if (p->open) {
-			nng_close(p->ctl);
-			nng_close(p->data);
+			sock_close(w, p->ctl, NULL);
+			sock_close(w, p->data, p->tls);
+			p->tls = NULL;
+			p->open = false;
 		}
-	/* joins in flight: their temporary sockets */
-	pthread_mutex_lock(&w->mu);
-	nng_socket tmps[64];
-	int ntmp = 0;
-	for (struct op *o = w->in_flight; o && ntmp < 64; o = o->next)
+	for (struct op *o = w->in_flight; o; o = o->next)
 		if (o->kind == OP_JOIN)
-			tmps[ntmp++] = o->tmp;
+			sock_close(w, o->tmp, NULL);
+	while (w->to_close) {
+		struct socket_to_close *c = w->to_close;
+		w->to_close = c->next;
+		sock_close(w, c->s, c->tls);
+		free(c);
+	}
+	struct dg__wan_closer *closer = w->closer;
+	w->closer = NULL; /* from here on, nothing is left to close but what join_finish() lists */
 	pthread_mutex_unlock(&w->mu);
-	for (int i = 0; i < ntmp; i++)
-		nng_close(tmps[i]);
+	if (closer && !dg__wan_closer_stop(closer, CLOSE_WAIT_MS)) {
+		/* the rest of the pool may still be used by nng's threads: leave it all */
+		DG_LOGW(WAN, "closing the WAN sockets did not finish within %d ms (nng 1.5.2 lost an "
+			     "aio); leaving them to the process exit",
+			CLOSE_WAIT_MS);
+		atomic_store(&w->abandoned, true);
+		abandoned_pool = w;
+		return;
+	}
 	/* reads still waiting for a batch slot: the batches in flight end them as they close, and
 	 * anything left (nothing, while the slots are kept right) ends here */
 	struct after a = {0};
@@ -2195,10 +2275,9 @@ void dg_wan_free(dg_wan *w)
 		w->retries = r->next;
 		free(r);
 	}
-	while (w->to_close) {
+	while (w->to_close) { /* joins that ended as their sockets closed: closed already */
 		struct socket_to_close *c = w->to_close;
 		w->to_close = c->next;
-		nng_close(c->s);
 		if (c->tls)
 			nng_tls_config_free(c->tls);
 		free(c);
