@@ -5,7 +5,8 @@ restarted so that dc1 marks it failed and replaces its sockets. Each cycle check
 alive again (its WAN timer is not stuck); at the end, that dc1 exits within 15 s of SIGTERM. Prints
 any "lost an aio" lines dc1 logged (the closer saw nng's reaper stuck).
 
-usage: cd tests/integration && python3 stress_wan_close.py [SECONDS]   (DCGATE_BIN picks the agent)"""
+usage: cd tests/integration && python3 stress_wan_close.py [SECONDS]   (DCGATE_BIN picks the agent)
+Exit status 1 when dc1 hung (east never came back, or no exit on SIGTERM). `make soak` runs it."""
 import os, random, signal, socket, struct, sys, tempfile, threading, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -124,3 +125,4 @@ finally:
     for a in agents:
         a.close()
 print("STRESS RESULT: %s" % ("ok" if ok else "HANG"))
+sys.exit(0 if ok else 1)
