@@ -58,22 +58,28 @@ struct dg_exec {
 
 /* ---- the queue ---- */
 
+/* Puts r at the end of x->ready, unless it is there already, and wakes the thread. Under mu. */
+static void enqueue(dg_exec *x, struct exec_req *r)
+{
+	if (r->queued)
+		return;
+	r->queued = true;
+	r->qnext = NULL;
+	if (x->ready_tail)
+		x->ready_tail->qnext = r;
+	else
+		x->ready = r;
+	x->ready_tail = r;
+	pthread_cond_signal(&x->cond);
+}
+
 /* The HTTP layer's ready(): any thread, with the call's own lock held. */
 static void exec_ready(void *arg)
 {
 	struct exec_req *r = arg;
 	dg_exec *x = r->x;
 	pthread_mutex_lock(&x->mu);
-	if (!r->queued) {
-		r->queued = true;
-		r->qnext = NULL;
-		if (x->ready_tail)
-			x->ready_tail->qnext = r;
-		else
-			x->ready = r;
-		x->ready_tail = r;
-		pthread_cond_signal(&x->cond);
-	}
+	enqueue(x, r);
 	pthread_mutex_unlock(&x->mu);
 }
 
@@ -299,13 +305,7 @@ int dg_exec_request(dg_exec *x, const char *method, const char *path_query, json
 		free(r);
 		return DG_ESHUTDOWN;
 	}
-	r->queued = true;
-	if (x->ready_tail)
-		x->ready_tail->qnext = r;
-	else
-		x->ready = r;
-	x->ready_tail = r;
-	pthread_cond_signal(&x->cond);
+	enqueue(x, r);
 	pthread_mutex_unlock(&x->mu);
 	return 0;
 }
