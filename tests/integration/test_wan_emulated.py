@@ -396,11 +396,7 @@ class WanEmulatedBase(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        status, msg = wanemu.check()
-        if status == "unsupported":
-            raise unittest.SkipTest("WAN emulator: the kernel lacks NFQUEUE support: " + msg)
-        if status != "ok":
-            raise RuntimeError("WAN emulator cannot run here: " + msg)
+        wanemu.require()
         fed = Federation(**cls.wan_kw)
         try:
             t0 = time.monotonic()

@@ -27,11 +27,7 @@ def namespaces(prefix):
 class WanEmuTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        status, msg = wanemu.check()
-        if status == "unsupported":
-            raise unittest.SkipTest("WAN emulator: the kernel lacks NFQUEUE support: " + msg)
-        if status != "ok":
-            raise RuntimeError("WAN emulator cannot run here: " + msg)
+        wanemu.require()
 
     def test_delay_loss_partition_three_dcs(self):
         with wanemu.WanEmu(dcs=3, delay_ms=150, jitter_ms=30, loss_pct=5, stall_every_s=60,

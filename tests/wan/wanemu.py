@@ -69,6 +69,18 @@ def check():
     return "error", msg
 
 
+def require():
+    """For a test's setUpClass: returns when the emulator can run here; raises unittest.SkipTest
+    only when the kernel lacks NFQUEUE, and RuntimeError when anything else is missing or broken
+    (a test must fail then, not skip)."""
+    import unittest
+    status, msg = check()
+    if status == "unsupported":
+        raise unittest.SkipTest("WAN emulator: the kernel lacks NFQUEUE support: " + msg)
+    if status != "ok":
+        raise RuntimeError("WAN emulator cannot run here: " + msg)
+
+
 def remove_stale():
     """Removes emulators left by Python processes that died without tearing down (their
     namespaces are named dgw-p<pid>n<k>-<dc>, and <pid> is gone)."""
