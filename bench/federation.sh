@@ -25,6 +25,8 @@ set -uo pipefail
 DCGATE=${1:-}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 PY=/usr/bin/python3
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
 
 DURATION=${BENCH_FED_DURATION:-${BENCH_DURATION:-5}}
 SLICE=${BENCH_FED_SLICE:-3}
@@ -72,18 +74,6 @@ export NO_PROXY="127.0.0.0/8,localhost" no_proxy="127.0.0.0/8,localhost"
 
 TMP=$(mktemp -d /tmp/dcgate-bench-fed.XXXXXX)
 PIDS=()
-stop_pid() { # TERM, up to 5 s, then KILL; reaps it
-	local pid=$1 i
-	kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null; return 0; }
-	kill -TERM "$pid" 2>/dev/null
-	for ((i = 0; i < 50; i++)); do
-		kill -0 "$pid" 2>/dev/null || break
-		sleep 0.1
-	done
-	kill -KILL "$pid" 2>/dev/null
-	wait "$pid" 2>/dev/null
-	return 0
-}
 cleanup() { # shellcheck disable=SC2317 # called by the EXIT trap
 	local pid
 	for pid in "${PIDS[@]+"${PIDS[@]}"}"; do stop_pid "$pid"; done
@@ -100,14 +90,6 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null
 # ---------------------------------------------------------------------------------------------
 # helpers
 
-fmt() { [ -n "${2:-}" ] && awk -v v="$2" -v f="$1" 'BEGIN {printf f, v}' || printf -- '-'; }
-ratio() {
-	if [ -n "${1:-}" ] && [ -n "${2:-}" ]; then
-		awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f", a / b; else printf "-"}'
-	else
-		printf -- '-'
-	fi
-}
 median() { # median of the numbers given; nothing when none
 	[ $# -gt 0 ] || return 0
 	printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2}'
@@ -296,28 +278,13 @@ fi
 # NKEYS keys for the distinct-key throughput. One keep-alive connection.
 if [ ${#BROKEN[@]} -eq 0 ]; then
 	log "writing $((NKEYS + 1)) keys of 1 KiB in $REMOTE"
+	make_kv_value "$TMP/value.json" || broke "could not make the KV value"
+fi
+if [ ${#BROKEN[@]} -eq 0 ]; then
 	if ! timeout 120 "$PY" - "$EAST_ADDR" "$TMP/value.json" "$KEY_PATH" "$KEYS_PREFIX" "$NKEYS" "$DC1_ADDR" "$REMOTE" <<'EOF' 2>"$TMP/keys.err"; then
-import http.client, json, sys
-addr, out, key, prefix, n, dc1, remote = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6], sys.argv[7]
-# A realistic ~1 KiB KV value (the same as bench/run.sh's): an application's JSON config.
-cfg = {
-    "service": "checkout", "version": "2.14.3", "environment": "production",
-    "database": {"host": "db-primary.service.consul", "port": 5432, "name": "checkout",
-                 "pool": {"min": 4, "max": 32, "idle_timeout": "30s", "max_lifetime": "30m"}},
-    "cache": {"host": "redis.service.consul", "port": 6379, "ttl": "5m", "max_entries": 50000},
-    "http": {"listen": ":8080", "read_timeout": "5s", "write_timeout": "10s",
-             "cors": ["https://shop.example.com", "https://admin.example.com"]},
-    "features": {"new_cart": True, "express_checkout": False, "gift_cards": True,
-                 "split_payment": False, "address_autocomplete": True},
-    "payment": {"provider": "stripe", "retry": {"attempts": 3, "backoff": "250ms"}},
-    "log": {"level": "info", "format": "json", "sample_rate": 0.1},
-    "notes": "",
-}
-s = json.dumps(cfg, separators=(",", ":"))
-cfg["notes"] = ("rollout of express checkout planned after load test; " * 20)[:1024 - len(s)]
-s = json.dumps(cfg, separators=(",", ":")).encode()
-assert len(s) == 1024, len(s)
-open(out, "wb").write(s)
+import http.client, sys
+addr, value, key, prefix, n, dc1, remote = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6], sys.argv[7]
+s = open(value, "rb").read()  # bench/lib.sh's make_kv_value: bench/run.sh's 1 KiB KV value
 c = http.client.HTTPConnection(addr, 8500, timeout=10)
 for path in [key] + ["%s%04d" % (prefix, i) for i in range(n)]:
     c.request("PUT", path, body=s)

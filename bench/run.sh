@@ -19,6 +19,8 @@ if [ -z "$DCGATE" ] || [ ! -x "$DCGATE" ]; then
 fi
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 PY=/usr/bin/python3
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
 
 DURATION=${BENCH_DURATION:-5}
 CONNS=${BENCH_CONNS:-32}
@@ -50,19 +52,6 @@ TMP=$(mktemp -d /tmp/dcgate-bench.XXXXXX)
 chmod 755 "$TMP" # the nginx worker drops to an unprivileged user and must read www/
 PIDS=()
 
-# Stops one process we started: TERM, up to 5 s, then KILL; reaps it.
-stop_pid() {
-	local pid=$1 i
-	kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null; return 0; }
-	kill -TERM "$pid" 2>/dev/null
-	for ((i = 0; i < 50; i++)); do
-		kill -0 "$pid" 2>/dev/null || break
-		sleep 0.1
-	done
-	kill -KILL "$pid" 2>/dev/null
-	wait "$pid" 2>/dev/null
-	return 0
-}
 cleanup() {
 	local pid
 	for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
@@ -134,14 +123,6 @@ EOF
 rss_kib() { awk '/^VmRSS:/ {print $2; found=1} END {if (!found) print ""}' "/proc/$1/status" 2>/dev/null; }
 
 # Float helpers (awk): fmt <printf-format> <value>, ratio a b (a/b, 2 decimals), "-" when missing.
-fmt() { [ -n "${2:-}" ] && awk -v v="$2" -v f="$1" 'BEGIN {printf f, v}' || printf -- '-'; }
-ratio() {
-	if [ -n "${1:-}" ] && [ -n "${2:-}" ]; then
-		awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f", a / b; else printf "-"}'
-	else
-		printf -- '-'
-	fi
-}
 mib() { [ -n "${1:-}" ] && awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}' || printf -- '-'; }
 
 AGENT_PID=
@@ -213,32 +194,6 @@ wrk_run() {
 	}
 }
 
-# A realistic ~1 KiB KV value: an application's JSON config, padded to exactly 1024 bytes.
-make_kv_value() {
-	"$PY" - "$1" <<'EOF'
-import json, sys
-cfg = {
-    "service": "checkout", "version": "2.14.3", "environment": "production",
-    "database": {"host": "db-primary.service.consul", "port": 5432, "name": "checkout",
-                 "pool": {"min": 4, "max": 32, "idle_timeout": "30s", "max_lifetime": "30m"}},
-    "cache": {"host": "redis.service.consul", "port": 6379, "ttl": "5m", "max_entries": 50000},
-    "http": {"listen": ":8080", "read_timeout": "5s", "write_timeout": "10s",
-             "cors": ["https://shop.example.com", "https://admin.example.com"]},
-    "features": {"new_cart": True, "express_checkout": False, "gift_cards": True,
-                 "split_payment": False, "address_autocomplete": True},
-    "payment": {"provider": "stripe", "retry": {"attempts": 3, "backoff": "250ms"}},
-    "log": {"level": "info", "format": "json", "sample_rate": 0.1},
-    "notes": "",
-}
-s = json.dumps(cfg, separators=(",", ":"))
-pad = 1024 - len(s)
-assert pad >= 0, len(s)
-cfg["notes"] = ("rollout of express checkout planned after load test; " * 20)[:pad]
-s = json.dumps(cfg, separators=(",", ":"))
-assert len(s) == 1024, len(s)
-open(sys.argv[1], "w").write(s)
-EOF
-}
 
 NGINX_PID= NGINX_WORKER=
 # start_nginx <worker_connections>: (re)starts the anchor nginx on 127.0.0.1:$PORT_N serving $WWW,

@@ -23,6 +23,8 @@ DCGATE=${1:-}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
 PY=/usr/bin/python3
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
 SRC="$HERE/tls_bench.c"
 
 log() { echo "bench: tls: $*" >&2; }
@@ -143,14 +145,6 @@ if [ ${#BROKEN[@]} -eq 0 ]; then
 	done
 fi
 
-fmt() { [ -n "${2:-}" ] && awk -v v="$2" -v f="$1" 'BEGIN {printf f, v}' || printf -- '-'; }
-ratio() {
-	if [ -n "${1:-}" ] && [ -n "${2:-}" ]; then
-		awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f", a / b; else printf "-"}'
-	else
-		printf -- '-'
-	fi
-}
 row() { printf '%-44s %14s %12s %7s   %s\n' "$@"; }
 
 echo "OpenSSL engine (dcgate's, registered in nng) against nng's mbedTLS engine and plain tcp://,"
