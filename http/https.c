@@ -68,32 +68,29 @@ int dg_https_start(struct dg_https *t, const struct dg_https_params *p, char *ms
 		goto out;
 	const char *prio = p->min_tls13 ? "NORMAL:-VERS-ALL:+VERS-TLS1.3"
 					: "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2";
-	unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME |
-			 MHD_USE_ERROR_LOG | MHD_USE_TLS;
-	struct MHD_OptionItem opts[] = {
+	unsigned flags = MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG | MHD_USE_TLS;
+	struct MHD_OptionItem tls_opts[] = {
 		{MHD_OPTION_HTTPS_MEM_CERT, 0, cert},
 		{MHD_OPTION_HTTPS_MEM_KEY, 0, key},
 		{MHD_OPTION_HTTPS_PRIORITIES, 0, (void *)prio},
 		{ca ? MHD_OPTION_HTTPS_MEM_TRUST : MHD_OPTION_END, 0, ca},
 		{MHD_OPTION_END, 0, NULL},
 	};
-	struct MHD_Daemon *d;
+	/* the socket of the daemon being replaced, or a new one on the address */
+	struct MHD_OptionItem where = {MHD_OPTION_SOCK_ADDR, 0, (void *)p->addr};
 	if (t->listen_fd >= 0)
-		d = MHD_start_daemon(flags, 0, NULL, NULL, p->handler, p->handler_arg,
-				     MHD_OPTION_LISTEN_SOCKET, t->listen_fd, MHD_OPTION_ARRAY, opts,
-				     MHD_OPTION_NOTIFY_COMPLETED, p->completed, p->handler_arg,
-				     MHD_OPTION_CONNECTION_LIMIT, (unsigned)4096,
-				     MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)15,
-				     MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)DG_MAX_HEADER_MEM,
-				     MHD_OPTION_END);
-	else
-		d = MHD_start_daemon(flags, 0, NULL, NULL, p->handler, p->handler_arg,
-				     MHD_OPTION_SOCK_ADDR, p->addr, MHD_OPTION_ARRAY, opts,
-				     MHD_OPTION_NOTIFY_COMPLETED, p->completed, p->handler_arg,
-				     MHD_OPTION_CONNECTION_LIMIT, (unsigned)4096,
-				     MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)15,
-				     MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)DG_MAX_HEADER_MEM,
-				     MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024, MHD_OPTION_END);
+		where = (struct MHD_OptionItem){MHD_OPTION_LISTEN_SOCKET, t->listen_fd, NULL};
+	struct MHD_OptionItem opts[] = {
+		where,
+		{MHD_OPTION_ARRAY, 0, tls_opts},
+		{MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)p->completed, p->handler_arg},
+		{MHD_OPTION_CONNECTION_LIMIT, 4096, NULL},
+		{MHD_OPTION_CONNECTION_TIMEOUT, 15, NULL},
+		{MHD_OPTION_CONNECTION_MEMORY_LIMIT, DG_MAX_HEADER_MEM, NULL},
+		{MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024, NULL},
+		{MHD_OPTION_END, 0, NULL},
+	};
+	struct dg__mhd *d = dg__mhd_start(flags, p->handler, p->handler_arg, opts, "dg-https");
 	if (!d) {
 		snprintf(msg, len, "cannot start HTTPS (port in use, or %s / %s not a matching PEM "
 			 "certificate and key)", p->cert_file, p->key_file);
@@ -102,16 +99,17 @@ int dg_https_start(struct dg_https *t, const struct dg_https_params *p, char *ms
 	pthread_mutex_lock(&t->mu);
 	if (t->daemon) {
 		/* hand the socket over: the old daemon stops accepting but finishes its own */
-		MHD_quiesce_daemon(t->daemon);
+		MHD_quiesce_daemon(dg__mhd_daemon(t->daemon));
 		if (t->nretiring < sizeof(t->retiring) / sizeof(t->retiring[0]))
 			t->retiring[t->nretiring++] = t->daemon;
 		else
-			MHD_stop_daemon(t->daemon);
+			dg__mhd_stop(t->daemon);
 	}
 	t->daemon = d;
 	if (t->listen_fd < 0) {
-		const union MHD_DaemonInfo *fi = MHD_get_daemon_info(d, MHD_DAEMON_INFO_LISTEN_FD);
-		const union MHD_DaemonInfo *pi = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
+		struct MHD_Daemon *md = dg__mhd_daemon(d);
+		const union MHD_DaemonInfo *fi = MHD_get_daemon_info(md, MHD_DAEMON_INFO_LISTEN_FD);
+		const union MHD_DaemonInfo *pi = MHD_get_daemon_info(md, MHD_DAEMON_INFO_BIND_PORT);
 		t->listen_fd = fi ? fi->listen_fd : -1;
 		t->port = pi ? pi->port : 0;
 	}
@@ -129,12 +127,13 @@ void dg_https_reap(struct dg_https *t)
 	pthread_mutex_lock(&t->mu);
 	for (size_t i = 0; i < t->nretiring;) {
 		const union MHD_DaemonInfo *ci =
-			MHD_get_daemon_info(t->retiring[i], MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+			MHD_get_daemon_info(dg__mhd_daemon(t->retiring[i]),
+					    MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
 		if (ci && ci->num_connections > 0) {
 			i++;
 			continue;
 		}
-		MHD_stop_daemon(t->retiring[i]);
+		dg__mhd_stop(t->retiring[i]);
 		t->retiring[i] = t->retiring[--t->nretiring];
 	}
 	pthread_mutex_unlock(&t->mu);
@@ -144,11 +143,11 @@ void dg_https_stop(struct dg_https *t)
 {
 	pthread_mutex_lock(&t->mu);
 	for (size_t i = 0; i < t->nretiring; i++)
-		MHD_stop_daemon(t->retiring[i]);
+		dg__mhd_stop(t->retiring[i]);
 	t->nretiring = 0;
 	if (t->daemon) {
-		MHD_quiesce_daemon(t->daemon);
-		MHD_stop_daemon(t->daemon);
+		MHD_quiesce_daemon(dg__mhd_daemon(t->daemon));
+		dg__mhd_stop(t->daemon);
 		t->daemon = NULL;
 	}
 	if (t->listen_fd >= 0)

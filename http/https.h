@@ -9,8 +9,8 @@
 
 struct dg_https {
 	pthread_mutex_t mu;
-	struct MHD_Daemon *daemon;     /* the one accepting */
-	struct MHD_Daemon *retiring[8]; /* replaced by a reload, serving their last connections */
+	struct dg__mhd *daemon;	     /* the one accepting */
+	struct dg__mhd *retiring[8]; /* replaced by a reload, serving their last connections */
 	size_t nretiring;
 	int listen_fd; /* -1 until the first daemon binds */
 	int port;

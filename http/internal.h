@@ -289,6 +289,26 @@ size_t dg_http_waiters(struct dg_req *r);
 /* Number of requests suspended for a forward or a WAN join right now. */
 size_t dg_http_forwards(struct dg_req *r);
 
+/* ---- running a daemon (mhd_loop.c) ---- */
+
+/* A libmicrohttpd daemon driven by a thread of dcgate's own rather than MHD's internal one.
+ * libmicrohttpd (0.9.75, and still 1.0.1) drains epoll 128 events at a time and, after a full
+ * batch, calls epoll_wait again with the whole timeout: when exactly 128 (or 256, ...)
+ * connections become readable at once, its internal thread sleeps with their requests unread
+ * until another event or a connection timeout (up to 15 s). Here MHD_run() never blocks; the
+ * thread waits itself, on MHD's epoll descriptor, at most as long as MHD_get_timeout() says. */
+struct dg__mhd;
+/* Starts a daemon (flags without any thread mode: MHD_USE_EPOLL is added) with opts (ending
+ * with MHD_OPTION_END) and its thread, named name (at most 15 characters). NULL on failure. */
+struct dg__mhd *dg__mhd_start(unsigned flags, MHD_AccessHandlerCallback handler, void *arg,
+			      const struct MHD_OptionItem *opts, const char *name);
+struct MHD_Daemon *dg__mhd_daemon(struct dg__mhd *m);
+/* Stops the thread, then the daemon (MHD_stop_daemon, on the caller's thread); frees m. */
+void dg__mhd_stop(struct dg__mhd *m);
+/* MHD_resume_connection() for a connection of any daemon started here, and a wake-up of the
+ * loop that runs it; every resume in http/ goes through this. */
+void dg__mhd_resume(struct MHD_Connection *conn);
+
 /* ---- between server.c and local.c ---- */
 /* Sets up r for h with its ops and io: the fields every request starts with. */
 void dg__http_req_init(struct dg_req *r, dg_http *h, const struct dg_req_ops *ops, void *io);

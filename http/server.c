@@ -42,6 +42,7 @@ struct dg_http {
 	struct dg_http_config cfg;
 	dg_catalog *cat;
 	dg_lan *lan;
+	struct dg__mhd *mhd; /* the daemon and the thread that runs it */
 	struct MHD_Daemon *daemon;
 	int port;
 
@@ -1069,7 +1070,7 @@ static void mhd_suspend(struct dg_req *r)
 
 static void mhd_resume(struct dg_req *r)
 {
-	MHD_resume_connection(r->io);
+	dg__mhd_resume(r->io);
 }
 
 static const struct dg_req_ops mhd_ops = {
@@ -1164,14 +1165,19 @@ int dg_http_start(const struct dg_http_config *cfg, dg_catalog *cat, dg_lan *lan
 		return DG_ENOMEM;
 	}
 	dg_lan_set_change_hook(lan, on_changes, h);
-	h->daemon = MHD_start_daemon(
-		MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG, 0,
-		NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
-		MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_CONNECTION_LIMIT,
-		(unsigned)(DG_MAX_WAITERS + 2048), MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)15,
-		MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)DG_MAX_HEADER_MEM,
-		MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)4096, MHD_OPTION_EXTERNAL_LOGGER,
-		log_mhd, NULL, MHD_OPTION_END);
+	struct MHD_OptionItem opts[] = {
+		{MHD_OPTION_SOCK_ADDR, 0, &sa},
+		{MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, h},
+		{MHD_OPTION_CONNECTION_LIMIT, DG_MAX_WAITERS + 2048, NULL},
+		{MHD_OPTION_CONNECTION_TIMEOUT, 15, NULL},
+		{MHD_OPTION_CONNECTION_MEMORY_LIMIT, DG_MAX_HEADER_MEM, NULL},
+		{MHD_OPTION_LISTEN_BACKLOG_SIZE, 4096, NULL},
+		{MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)log_mhd, NULL},
+		{MHD_OPTION_END, 0, NULL},
+	};
+	h->mhd = dg__mhd_start(MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG, on_request, h, opts,
+			       "dg-http");
+	h->daemon = h->mhd ? dg__mhd_daemon(h->mhd) : NULL;
 	if (!h->daemon) {
 		snprintf(msg, len, "cannot listen on %s:%d (address in use?)", cfg->bind, cfg->port);
 		dg_lan_set_change_hook(lan, NULL, NULL);
@@ -1249,7 +1255,7 @@ void dg_http_free(dg_http *h)
 	usleep(20000); /* let MHD's thread answer the connections just resumed */
 	dg_https_stop(&h->https);
 	pthread_mutex_destroy(&h->https.mu);
-	MHD_stop_daemon(h->daemon);
+	dg__mhd_stop(h->mhd);
 	dg_lan_set_change_hook(h->lan, NULL, NULL);
 	pthread_mutex_destroy(&h->wmu);
 	pthread_cond_destroy(&h->wcond);
