@@ -37,8 +37,13 @@ struct forward {
 	char *key;	      /* NULL: not shared (writes) */
 	struct waiter *waiters; /* f->mu */
 	size_t nwaiters;
-	struct forward *next; /* in f->flights (f->mu) */
+	struct forward *next; /* in its bucket of f->flights (f->mu) */
 };
+
+/* Shared reads in flight, hashed by key: a new read looks for its twin and a finished one
+ * unlinks itself without walking every flight (10,000 distinct remote watchers are 10,000
+ * flights). */
+#define FLIGHT_BUCKETS 4096
 
 /* A kept answer of a remote read for ?cached, refreshed by blocking queries. */
 struct centry {
@@ -60,7 +65,7 @@ struct dg_fed {
 	char *dc;
 	dg_exec *exec;
 	pthread_mutex_t mu; /* guards flights and the cache */
-	struct forward *flights;
+	struct forward *flights[FLIGHT_BUCKETS];
 	struct centry *cache;
 	size_t ncache;
 	pthread_cond_t cond;
@@ -70,6 +75,43 @@ struct dg_fed {
 	_Atomic uint64_t forwards, forward_errors, in_flight, served, coalesced;
 	_Atomic uint64_t cache_hits, cache_misses;
 };
+
+static struct forward **flight_bucket(dg_fed *f, const char *key)
+{
+	uint32_t h = 2166136261u; /* FNV-1a */
+	for (const unsigned char *p = (const unsigned char *)key; *p; p++)
+		h = (h ^ *p) * 16777619u;
+	return &f->flights[h % FLIGHT_BUCKETS];
+}
+
+/* With f->mu held. */
+static struct forward *flight_find(dg_fed *f, const char *key)
+{
+	for (struct forward *fw = *flight_bucket(f, key); fw; fw = fw->next)
+		if (strcmp(fw->key, key) == 0)
+			return fw;
+	return NULL;
+}
+
+/* With f->mu held; fw->key set. */
+static void flight_add(dg_fed *f, struct forward *fw)
+{
+	struct forward **b = flight_bucket(f, fw->key);
+	fw->next = *b;
+	*b = fw;
+}
+
+/* With f->mu held. A flight that was never added (a write: no key) is not looked for. */
+static void flight_del(dg_fed *f, struct forward *fw)
+{
+	if (!fw->key)
+		return;
+	for (struct forward **pp = flight_bucket(f, fw->key); *pp; pp = &(*pp)->next)
+		if (*pp == fw) {
+			*pp = fw->next;
+			break;
+		}
+}
 
 void dg_fed_response_fini(struct dg_fed_response *r)
 {
@@ -187,11 +229,7 @@ static void forward_done(void *arg, int err, const struct dg_wan_msg *reply)
 	}
 	/* no one can join this flight from here on */
 	pthread_mutex_lock(&f->mu);
-	for (struct forward **pp = &f->flights; *pp; pp = &(*pp)->next)
-		if (*pp == fw) {
-			*pp = fw->next;
-			break;
-		}
+	flight_del(f, fw);
 	struct waiter *ws = fw->waiters;
 	fw->waiters = NULL;
 	pthread_mutex_unlock(&f->mu);
@@ -279,16 +317,16 @@ int dg_fed_forward(dg_fed *f, const struct dg_fed_request *req, dg_fed_done_fn c
 	/* the same read already on its way: wait for its answer */
 	if (key) {
 		pthread_mutex_lock(&f->mu);
-		for (struct forward *fw = f->flights; fw; fw = fw->next)
-			if (strcmp(fw->key, key) == 0) {
-				w->next = fw->waiters;
-				fw->waiters = w;
-				fw->nwaiters++;
-				pthread_mutex_unlock(&f->mu);
-				atomic_fetch_add(&f->coalesced, 1);
-				free(key);
-				return 0;
-			}
+		struct forward *fw = flight_find(f, key);
+		if (fw) {
+			w->next = fw->waiters;
+			fw->waiters = w;
+			fw->nwaiters++;
+			pthread_mutex_unlock(&f->mu);
+			atomic_fetch_add(&f->coalesced, 1);
+			free(key);
+			return 0;
+		}
 		pthread_mutex_unlock(&f->mu);
 	}
 	unsigned ms = req->timeout_ms ? req->timeout_ms : DEFAULT_TIMEOUT_MS;
@@ -312,8 +350,7 @@ int dg_fed_forward(dg_fed *f, const struct dg_fed_request *req, dg_fed_done_fn c
 	 * it takes f->mu to unlink, so it finds the flight whole either way */
 	if (key) {
 		pthread_mutex_lock(&f->mu);
-		fw->next = f->flights;
-		f->flights = fw;
+		flight_add(f, fw);
 		pthread_mutex_unlock(&f->mu);
 	}
 	atomic_fetch_add(&f->forwards, 1);
@@ -331,11 +368,7 @@ int dg_fed_forward(dg_fed *f, const struct dg_fed_request *req, dg_fed_done_fn c
 		atomic_fetch_sub(&f->in_flight, 1);
 		atomic_fetch_add(&f->forward_errors, 1);
 		pthread_mutex_lock(&f->mu);
-		for (struct forward **pp = &f->flights; *pp; pp = &(*pp)->next)
-			if (*pp == fw) {
-				*pp = fw->next;
-				break;
-			}
+		flight_del(f, fw);
 		struct waiter *ws = fw->waiters;
 		pthread_mutex_unlock(&f->mu);
 		/* the first waiter is the caller, who gets rv as the return value */
