@@ -6,7 +6,10 @@
  * wakes MHD's own channel, but MHD_run() looks for resumed connections before it reads that
  * channel and clears it, so a resume landing in between would be left for the next event (up
  * to MHD's timeout). The eventfd is read before MHD_run(), so a resume after that read leaves it
- * readable and the next wait returns at once. */
+ * readable and the next wait returns at once. Under load many resumes land per turn of the loop:
+ * only the first after each turn's start writes the eventfd (`kicked`), which the loop clears
+ * after reading the eventfd and before MHD_run(); a resume that finds it set happened before
+ * that clear, so before the MHD_run() that follows it. */
 #include "http/internal.h"
 
 #include <errno.h>
@@ -26,6 +29,7 @@ struct dg__mhd {
 	struct MHD_Daemon *d;
 	pthread_t thread;
 	int kick; /* eventfd: a resume to look at, or stop */
+	atomic_bool kicked; /* the eventfd was written since the loop last cleared this */
 	atomic_bool stop;
 	char name[16];
 };
@@ -49,13 +53,19 @@ static bool loop_register(struct dg__mhd *m, bool add)
 	return done;
 }
 
-static void kick(struct dg__mhd *m)
+static void wake(struct dg__mhd *m)
 {
 	uint64_t one = 1;
 	ssize_t n;
 	do
 		n = write(m->kick, &one, sizeof(one));
 	while (n < 0 && errno == EINTR);
+}
+
+static void kick(struct dg__mhd *m)
+{
+	if (!atomic_exchange(&m->kicked, true))
+		wake(m); /* otherwise a wake-up is already on its way */
 }
 
 static void *loop_main(void *arg)
@@ -80,6 +90,7 @@ static void *loop_main(void *arg)
 			if (read(m->kick, &v, sizeof(v)) < 0 && errno != EAGAIN)
 				DG_LOGE("http", "%s: eventfd: %s", m->name, strerror(errno));
 		}
+		atomic_store(&m->kicked, false);
 		MHD_run(m->d);
 	}
 	return NULL;
@@ -127,7 +138,7 @@ void dg__mhd_stop(struct dg__mhd *m)
 	if (!m)
 		return;
 	atomic_store(&m->stop, true);
-	kick(m);
+	wake(m);
 	pthread_join(m->thread, NULL);
 	loop_register(m, false);
 	MHD_stop_daemon(m->d);
