@@ -44,6 +44,8 @@ struct forward {
  * unlinks itself without walking every flight (10,000 distinct remote watchers are 10,000
  * flights). */
 #define FLIGHT_BUCKETS 4096
+/* Kept ?cached answers (up to CACHE_MAX), hashed by key the same way, for the same reason. */
+#define CACHE_BUCKETS 4096
 
 /* A kept answer of a remote read for ?cached, refreshed by blocking queries. */
 struct centry {
@@ -58,6 +60,7 @@ struct centry {
 	uint64_t retry_ms;		/* a failed refresh is tried again then */
 	bool refreshing;		/* a refresh is in flight */
 	struct centry *next;
+	struct centry *hnext; /* in its bucket of f->cache_index */
 };
 
 struct dg_fed {
@@ -66,7 +69,8 @@ struct dg_fed {
 	dg_exec *exec;
 	pthread_mutex_t mu; /* guards flights and the cache */
 	struct forward *flights[FLIGHT_BUCKETS];
-	struct centry *cache;
+	struct centry *cache; /* every entry, for the refresher */
+	struct centry *cache_index[CACHE_BUCKETS];
 	size_t ncache;
 	pthread_cond_t cond;
 	pthread_t refresher;
@@ -76,12 +80,17 @@ struct dg_fed {
 	_Atomic uint64_t cache_hits, cache_misses;
 };
 
-static struct forward **flight_bucket(dg_fed *f, const char *key)
+static uint32_t key_hash(const char *key)
 {
 	uint32_t h = 2166136261u; /* FNV-1a */
 	for (const unsigned char *p = (const unsigned char *)key; *p; p++)
 		h = (h ^ *p) * 16777619u;
-	return &f->flights[h % FLIGHT_BUCKETS];
+	return h;
+}
+
+static struct forward **flight_bucket(dg_fed *f, const char *key)
+{
+	return &f->flights[key_hash(key) % FLIGHT_BUCKETS];
 }
 
 /* With f->mu held. */
@@ -403,12 +412,30 @@ static uint64_t header_index(json_t *headers)
 	return 0;
 }
 
+/* With f->mu held, as the two below. */
 static struct centry *cache_find(dg_fed *f, const char *key)
 {
-	for (struct centry *e = f->cache; e; e = e->next)
+	for (struct centry *e = f->cache_index[key_hash(key) % CACHE_BUCKETS]; e; e = e->hnext)
 		if (strcmp(e->key, key) == 0)
 			return e;
 	return NULL;
+}
+
+static void cache_index_add(dg_fed *f, struct centry *e)
+{
+	struct centry **b = &f->cache_index[key_hash(e->key) % CACHE_BUCKETS];
+	e->hnext = *b;
+	*b = e;
+}
+
+static void cache_index_del(dg_fed *f, struct centry *e)
+{
+	for (struct centry **pp = &f->cache_index[key_hash(e->key) % CACHE_BUCKETS]; *pp;
+	     pp = &(*pp)->hnext)
+		if (*pp == e) {
+			*pp = e->hnext;
+			break;
+		}
 }
 
 static void centry_free(struct centry *e)
@@ -523,6 +550,7 @@ static void *refresher_main(void *arg)
 			struct centry *e = *pp;
 			if (!e->refreshing && now - e->used_ms > CACHE_IDLE_MS) {
 				*pp = e->next;
+				cache_index_del(f, e);
 				f->ncache--;
 				centry_free(e);
 				continue;
@@ -586,6 +614,7 @@ static void cached_done(void *arg, int err, struct dg_fed_response *resp)
 			e->req.path_query = e->path;
 			e->next = f->cache;
 			f->cache = e;
+			cache_index_add(f, e);
 			f->ncache++;
 			e->retry_ms = now; /* the refresher starts the blocking refresh */
 			pthread_cond_signal(&f->cond);
