@@ -114,6 +114,15 @@ struct dg_buf {
 void dg_buf_init(struct dg_buf *b);
 void dg_buf_fini(struct dg_buf *b);
 int dg_buf_append(struct dg_buf *b, const void *data, size_t len);
+/* Makes room for extra more bytes (and the NUL), so that appends of up to that much do not
+ * reallocate. 0 or DG_ENOMEM; b's bytes are unchanged either way. */
+int dg_buf_reserve(struct dg_buf *b, size_t extra);
+/* Appends s[0..len) as a JSON string literal: in quotes, with '"', '\\' and every byte below 0x20
+ * escaped (\n \r \t, the others \u00xx) and all other bytes copied as they are, so UTF-8 stays
+ * UTF-8 (s is not checked to be UTF-8; NUL bytes become \u0000). The one JSON string writer of
+ * the hand-built encoders (http/encode.c, wan/msg.c). 0 or DG_ENOMEM; on failure b is left as it
+ * was. */
+int dg_buf_append_json_string(struct dg_buf *b, const char *s, size_t len);
 int dg_buf_appendf(struct dg_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Hands the bytes to the caller (free() them) and leaves b empty. */
 char *dg_buf_steal(struct dg_buf *b, size_t *len);

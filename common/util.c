@@ -137,7 +137,7 @@ void dg_buf_fini(struct dg_buf *b)
 	dg_buf_init(b);
 }
 
-static int buf_reserve(struct dg_buf *b, size_t extra)
+int dg_buf_reserve(struct dg_buf *b, size_t extra)
 {
 	if (b->len + extra + 1 <= b->cap)
 		return 0;
@@ -155,7 +155,7 @@ static int buf_reserve(struct dg_buf *b, size_t extra)
 int dg_buf_append(struct dg_buf *b, const void *data, size_t len)
 {
 	int rv;
-	if ((rv = buf_reserve(b, len)) != 0)
+	if ((rv = dg_buf_reserve(b, len)) != 0)
 		return rv;
 	if (len)
 		memcpy(b->data + b->len, data, len);
@@ -173,13 +173,99 @@ int dg_buf_appendf(struct dg_buf *b, const char *fmt, ...)
 	if (n < 0)
 		return DG_EINVAL;
 	int rv;
-	if ((rv = buf_reserve(b, (size_t)n)) != 0)
+	if ((rv = dg_buf_reserve(b, (size_t)n)) != 0)
 		return rv;
 	va_start(ap, fmt);
 	vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
 	va_end(ap);
 	b->len += (size_t)n;
 	return 0;
+}
+
+/* Appends without writing the NUL: the JSON string writer ends the text once, at the end. */
+static int buf_put(struct dg_buf *b, const void *data, size_t len)
+{
+	int rv;
+	if ((rv = dg_buf_reserve(b, len)) != 0)
+		return rv;
+	if (len) /* data may be NULL then */
+		memcpy(b->data + b->len, data, len);
+	b->len += len;
+	return 0;
+}
+
+/* The bytes JSON requires escaped: control bytes, '"' and '\\'. */
+static const bool json_escaped[256] = {[0 ... 0x1f] = true, ['"'] = true, ['\\'] = true};
+
+/* True if none of the eight bytes at p needs escaping: the classic "has a byte less than n" and
+ * "has a zero byte" tests on x, x ^ '"' and x ^ '\\'. Exact: a byte is flagged only if it or a
+ * byte below it needs escaping. */
+static bool json_plain8(const unsigned char *p)
+{
+	const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+	uint64_t x, q, e;
+	memcpy(&x, p, 8);
+	q = x ^ (ones * '"');
+	e = x ^ (ones * '\\');
+	return (((x - ones * 0x20) | (q - ones) | (e - ones)) & ~x & ~q & ~e & highs) == 0;
+}
+
+int dg_buf_append_json_string(struct dg_buf *b, const char *s, size_t len)
+{
+	static const char hex[] = "0123456789abcdef";
+	size_t start = b->len;
+	/* room for a string with nothing to escape: the loop below then never reallocates */
+	if (dg_buf_reserve(b, len + 2) != 0)
+		return DG_ENOMEM;
+	b->data[b->len++] = '"';
+	const unsigned char *p = (const unsigned char *)s, *end = p + len, *run = p;
+	bool tail_tried = false;
+	while (p < end) {
+		/* eight bytes at a time; the last few as the string's last eight, once */
+		if (end - p >= 8) {
+			if (json_plain8(p)) {
+				p += 8;
+				continue;
+			}
+		} else if (!tail_tried && len >= 8) {
+			tail_tried = true;
+			if (json_plain8(end - 8))
+				break;
+		}
+		unsigned char c = *p++;
+		if (!json_escaped[c])
+			continue;
+		char esc[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
+		size_t n = 2;
+		switch (c) {
+		case '"':
+		case '\\':
+			esc[1] = (char)c;
+			break;
+		case '\n':
+			esc[1] = 'n';
+			break;
+		case '\r':
+			esc[1] = 'r';
+			break;
+		case '\t':
+			esc[1] = 't';
+			break;
+		default:
+			n = 6;
+		}
+		if (buf_put(b, run, (size_t)(p - 1 - run)) != 0 || buf_put(b, esc, n) != 0)
+			goto fail;
+		run = p;
+	}
+	if (buf_put(b, run, (size_t)(end - run)) != 0 || buf_put(b, "\"", 1) != 0)
+		goto fail;
+	b->data[b->len] = 0;
+	return 0;
+fail:
+	b->len = start;
+	b->data[start] = 0;
+	return DG_ENOMEM;
 }
 
 char *dg_buf_steal(struct dg_buf *b, size_t *len)

@@ -132,40 +132,12 @@ bool dg_node_meta_match(const struct dg_cat_node *n, char *const *pairs, size_t 
 	return true;
 }
 
-/* JSON string escaping for the hand-built encoders below. */
+/* A C string as a JSON string literal, for the hand-built encoders below (the escaping lives in
+ * common/util.c). These encoders do not report allocation failures: on one, the string is left
+ * out. */
 static void buf_json_string(struct dg_buf *b, const char *s)
 {
-	static const char hex[] = "0123456789abcdef";
-	dg_buf_append(b, "\"", 1);
-	const char *run = s;
-	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-		if (*p >= 0x20 && *p != '"' && *p != '\\')
-			continue;
-		dg_buf_append(b, run, (size_t)((const char *)p - run));
-		char esc[7] = {'\\', 'u', '0', '0', hex[*p >> 4], hex[*p & 15], 0};
-		switch (*p) {
-		case '"':
-			dg_buf_append(b, "\\\"", 2);
-			break;
-		case '\\':
-			dg_buf_append(b, "\\\\", 2);
-			break;
-		case '\n':
-			dg_buf_append(b, "\\n", 2);
-			break;
-		case '\t':
-			dg_buf_append(b, "\\t", 2);
-			break;
-		case '\r':
-			dg_buf_append(b, "\\r", 2);
-			break;
-		default:
-			dg_buf_append(b, esc, 6);
-		}
-		run = (const char *)p + 1;
-	}
-	dg_buf_append(b, run, strlen(run));
-	dg_buf_append(b, "\"", 1);
+	(void)dg_buf_append_json_string(b, s, strlen(s));
 }
 
 /* A DirEntry, written by hand: Flags is a uint64 (jansson's integers are signed) and KV reads

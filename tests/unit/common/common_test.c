@@ -1,7 +1,9 @@
-/* Unit tests for common/: Go durations both ways, base64, the sorted map, number parsing. */
+/* Unit tests for common/: Go durations both ways, base64, the sorted map, number parsing, the JSON
+ * string writer. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -100,12 +102,87 @@ static void parse_numbers_and_bools(void **state)
 	assert_int_equal(dg_parse_bool("yes", &b), DG_EINVAL);
 }
 
+/* Appends s[0..len) to a buffer holding "x" and checks the text after it. */
+static void json_string_is(const char *s, size_t len, const char *want)
+{
+	struct dg_buf b;
+	dg_buf_init(&b);
+	assert_int_equal(dg_buf_append(&b, "x", 1), 0);
+	assert_int_equal(dg_buf_append_json_string(&b, s, len), 0);
+	assert_int_equal(b.len, 1 + strlen(want));
+	assert_string_equal(b.data + 1, want); /* and NUL-terminated */
+	assert_int_equal(b.data[0], 'x');
+	dg_buf_fini(&b);
+}
+
+static void json_string_escapes(void **state)
+{
+	json_string_is("", 0, "\"\"");
+	json_string_is(NULL, 0, "\"\"");
+	json_string_is("plain", 5, "\"plain\"");
+	json_string_is("a\"b\\c/d", 7, "\"a\\\"b\\\\c/d\"");
+	json_string_is("\n\r\t", 3, "\"\\n\\r\\t\"");
+	json_string_is("\b\f\x01\x1f", 4, "\"\\u0008\\u000c\\u0001\\u001f\"");
+	json_string_is("x\0y", 3, "\"x\\u0000y\""); /* the length, not a NUL, ends s */
+	json_string_is("ab", 1, "\"a\"");
+	/* UTF-8 and DEL pass through as they are */
+	json_string_is("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80\x7f", 15,
+		       "\"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80\x7f\"");
+	/* every control byte, between plain runs */
+	char in[3 * 32], want[8 * 32 + 3];
+	size_t n = 0, w = 0;
+	want[w++] = '"';
+	for (int c = 0; c < 0x20; c++) {
+		in[n++] = 'a';
+		in[n++] = (char)c;
+		in[n++] = 'z';
+		const char *esc = c == '\n' ? "\\n" : c == '\r' ? "\\r" : c == '\t' ? "\\t" : NULL;
+		char u[7];
+		if (!esc) {
+			snprintf(u, sizeof(u), "\\u%04x", c);
+			esc = u;
+		}
+		w += (size_t)snprintf(want + w, sizeof(want) - w, "a%sz", esc);
+	}
+	want[w++] = '"';
+	want[w] = 0;
+	json_string_is(in, n, want);
+}
+
+static void json_string_long_run(void **state)
+{
+	/* 100 KB with nothing to escape, then one quote: grows the buffer past its first size */
+	size_t n = 100 * 1024;
+	char *s = malloc(n + 1);
+	assert_non_null(s);
+	memset(s, 'k', n);
+	s[n] = '"';
+	struct dg_buf b;
+	dg_buf_init(&b);
+	assert_int_equal(dg_buf_append_json_string(&b, s, n + 1), 0);
+	assert_int_equal(b.len, n + 4);
+	assert_int_equal(b.data[0], '"');
+	assert_memory_equal(b.data + 1, s, n);
+	assert_memory_equal(b.data + 1 + n, "\\\"\"", 4); /* with the NUL */
+	/* a string of nothing but escapes, appended after it */
+	memset(s, '\x02', 4096);
+	assert_int_equal(dg_buf_append_json_string(&b, s, 4096), 0);
+	assert_int_equal(b.len, n + 4 + 2 + 6 * 4096);
+	assert_memory_equal(b.data + n + 4, "\"\\u0002\\u0002", 13);
+	assert_int_equal(b.data[b.len - 1], '"');
+	assert_int_equal(b.data[b.len], 0);
+	dg_buf_fini(&b);
+	free(s);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(duration_parse_go_forms), cmocka_unit_test(duration_format_like_go),
 		cmocka_unit_test(base64_round_trip),	   cmocka_unit_test(map_sorted_and_case_rules),
 		cmocka_unit_test(parse_numbers_and_bools),
+		cmocka_unit_test(json_string_escapes),
+		cmocka_unit_test(json_string_long_run),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

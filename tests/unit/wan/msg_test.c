@@ -1,6 +1,7 @@
 /* Unit tests for wan/msg.c, the codec of port 8302: the byte layout, round trips of every type
  * (bodies with NULs, empty bodies), each reason the decoder refuses a message, the encoder's
- * limits, and PUSHPULL members: good bodies, every malformed field, and encode/decode round trips.
+ * limits, its header writer against jansson (random headers, a fixed one byte for byte, what it
+ * refuses), and PUSHPULL members: good bodies, every malformed field, and round trips.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -457,6 +458,385 @@ static void encode_refuses_what_decode_would(void **state)
 	dg_buf_fini(&b);
 }
 
+/* ---- the header writer against jansson ---- */
+
+/* jansson's compact dump with its string escapes spelled the way dcgate's writer spells them:
+ * \b and \f as \u0008 and \u000c, \u00XX in lower case. The two texts differ in nothing else. */
+static char *jansson_text(const json_t *v)
+{
+	char *t = json_dumps(v, JSON_COMPACT);
+	assert_non_null(t);
+	struct dg_buf b;
+	dg_buf_init(&b);
+	for (size_t i = 0; t[i]; i++) {
+		if (t[i] != '\\') {
+			assert_int_equal(dg_buf_append(&b, &t[i], 1), 0);
+			continue;
+		}
+		char c = t[++i];
+		if (c == 'b' || c == 'f') {
+			assert_int_equal(dg_buf_append(&b, c == 'b' ? "\\u0008" : "\\u000c", 6), 0);
+		} else if (c == 'u') {
+			char u[6] = {'\\', 'u'};
+			for (int k = 0; k < 4; k++) {
+				char h = t[i + 1 + k];
+				u[2 + k] = h >= 'A' && h <= 'F' ? (char)(h - 'A' + 'a') : h;
+			}
+			assert_int_equal(dg_buf_append(&b, u, 6), 0);
+			i += 4;
+		} else {
+			char e[2] = {'\\', c};
+			assert_int_equal(dg_buf_append(&b, e, 2), 0);
+		}
+	}
+	free(t);
+	return dg_buf_steal(&b, NULL);
+}
+
+/* splitmix64: a fixed seed gives the same values on every run and machine */
+static uint64_t rnd_state;
+static uint64_t rnd(void)
+{
+	uint64_t z = (rnd_state += 0x9e3779b97f4a7c15ull);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+static size_t rnd_below(size_t n)
+{
+	return (size_t)(rnd() % n);
+}
+
+/* A random UTF-8 string: plain ASCII, the bytes JSON escapes (every control byte 0x01-0x1f,
+ * '"', '\\'), '/', DEL, and characters of 2, 3 and 4 bytes at the edges of their ranges. */
+static json_t *rnd_string(void)
+{
+	static const char *const ascii[] = {
+	    "a", "Z", "0", " ", "/", "\x7f", "\"", "\\", "X-Consul-Index", "?dc=east&x=1"};
+	/* U+0080, U+00E9, U+07FF, U+0800, U+20AC, U+D7FF, U+E000, U+FFFF, U+10000, U+1F600,
+	 * U+10FFFF */
+	static const char *const utf8[] = {
+	    "\xc2\x80",		"\xc3\xa9",	    "\xdf\xbf",	       "\xe0\xa0\x80",
+	    "\xe2\x82\xac",	"\xed\x9f\xbf",	    "\xee\x80\x80",    "\xef\xbf\xbf",
+	    "\xf0\x90\x80\x80", "\xf0\x9f\x98\x80", "\xf4\x8f\xbf\xbf"};
+	char s[200];
+	size_t len = 0, n = rnd_below(4) == 0 ? 0 : rnd_below(12);
+	for (size_t i = 0; i < n; i++) {
+		if (rnd_below(4) == 0) {
+			s[len++] = (char)(1 + rnd_below(0x1f)); /* 0x01..0x1f */
+			continue;
+		}
+		const char *p = rnd_below(2) ? ascii[rnd_below(sizeof(ascii) / sizeof(ascii[0]))]
+					     : utf8[rnd_below(sizeof(utf8) / sizeof(utf8[0]))];
+		size_t pl = strlen(p);
+		memcpy(s + len, p, pl);
+		len += pl;
+	}
+	json_t *v = json_stringn(s, len);
+	assert_non_null(v);
+	return v;
+}
+
+static json_t *rnd_scalar(void)
+{
+	static const json_int_t ints[] = {
+	    0, 1, -1, 200, 1234, INT64_MAX, INT64_MIN, INT64_MIN + 1, -9, 1000000000000LL};
+	static const double reals[] = {0.1, -1e300, 3.0, 1.5e-7, 123456.789, -0.0, 5e-324};
+	switch (rnd_below(9)) {
+	case 0:
+	case 1:
+		return json_integer(ints[rnd_below(sizeof(ints) / sizeof(ints[0]))]);
+	case 2:
+		return json_integer((json_int_t)rnd());
+	case 3:
+		return json_true();
+	case 4:
+		return json_false();
+	case 5:
+		return json_null();
+	case 6: /* reals: a few in every hundred values */
+		if (rnd_below(4) == 0)
+			return json_real(reals[rnd_below(sizeof(reals) / sizeof(reals[0]))]);
+		return json_integer(-(json_int_t)rnd_below(100000));
+	default:
+		return rnd_string();
+	}
+}
+
+/* A random value nesting at most depth levels; *budget bounds the number of values, so a value
+ * stays far below DG_WAN_MAX_HEADER. With spine set, the first child is a container down to the
+ * last level, so that depth 8 is reached often. */
+static json_t *rnd_value(int depth, int *budget, bool spine, bool object)
+{
+	--*budget;
+	json_t *v = object ? json_object() : json_array();
+	assert_non_null(v);
+	size_t n = *budget > 0 ? rnd_below(5) : 0;
+	if (spine && depth > 1 && n == 0)
+		n = 1;
+	for (size_t i = 0; i < n; i++) {
+		json_t *e;
+		bool down = spine && i == 0 && depth > 1;
+		if (down || (depth > 1 && *budget > 0 && rnd_below(3) == 0))
+			e = rnd_value(depth - 1, budget, down, rnd_below(2) == 0);
+		else {
+			--*budget;
+			e = rnd_scalar();
+		}
+		assert_non_null(e);
+		if (object) {
+			json_t *k = rnd_string();
+			assert_int_equal(
+			    json_object_setn_new(v, json_string_value(k), json_string_length(k), e),
+			    0);
+			json_decref(k);
+		} else {
+			assert_int_equal(json_array_append_new(v, e), 0);
+		}
+	}
+	return v;
+}
+
+/* How deep v nests (v at level d) into *max, and how many reals it holds into *reals: what the
+ * generator covers. */
+static void shape(json_t *v, int d, int *max, size_t *reals)
+{
+	const char *k;
+	size_t i;
+	json_t *e;
+	if (json_is_real(v))
+		++*reals;
+	if (!json_is_object(v) && !json_is_array(v))
+		return;
+	*max = d > *max ? d : *max;
+	if (json_is_array(v)) {
+		json_array_foreach(v, i, e)
+		{
+			shape(e, d + 1, max, reals);
+		}
+	} else {
+		json_object_foreach(v, k, e)
+		{
+			shape(e, d + 1, max, reals);
+		}
+	}
+}
+
+/* Thousands of random headers: each decodes back equal, and its text is jansson's. */
+static void header_writer_property(void **state)
+{
+	rnd_state = 20240611;
+	struct dg_buf b;
+	dg_buf_init(&b);
+	size_t deepest = 0, reals = 0;
+	for (int round = 0; round < 4000; round++) {
+		int budget = 2 + (int)rnd_below(60);
+		json_t *hdr = rnd_value(8, &budget, round % 4 == 0, true);
+		b.len = 0;
+		if (dg_wan_msg_encode(&b, DG_WAN_HTTP, hdr, "body", 4) != 0)
+			fail_msg("round %d: encode failed", round);
+		struct dg_wan_msg m;
+		char err[256] = "";
+		if (dg_wan_msg_decode(b.data, b.len, &m, err, sizeof(err)) != 0)
+			fail_msg("round %d: %s", round, err);
+		assert_true(json_equal(m.hdr, hdr));
+		assert_int_equal(m.body_len, 4);
+		char *want = jansson_text(hdr);
+		size_t hlen = b.len - 6 - 4;
+		if (hlen != strlen(want) || memcmp(b.data + 6, want, hlen) != 0)
+			fail_msg("round %d:\n got %.*s\nwant %s", round, (int)hlen, b.data + 6,
+				 want);
+		int max = 0;
+		shape(hdr, 1, &max, &reals);
+		deepest += max == 8;
+		free(want);
+		dg_wan_msg_fini(&m);
+		json_decref(hdr);
+	}
+	assert_true(deepest >= 500);
+	assert_true(reals >= 50);
+	dg_buf_fini(&b);
+}
+
+/* A fixed header comes out as jansson's own json_dumps(JSON_COMPACT) text, byte for byte: the
+ * wire form peers see has not changed (but for control bytes other than \n \r \t, escaped
+ * differently to the same string: see jansson_text). */
+static void header_text_is_janssons(void **state)
+{
+	json_t *hdr = json_pack(
+	    "{s:i, s:{s:s, s:s, s:s, s:s, s:s}, s:s, s:s, s:I, s:I, s:b, s:b, s:n, s:f, s:f, s:[], "
+	    "s:{}, s:[i, [s, {s:[n]}], f], s:s}",
+	    "Status", 200, "Headers", "Content-Type", "application/json", "X-Consul-Index", "1234",
+	    "X-Consul-KnownLeader", "true", "X-Consul-LastContact", "0",
+	    "X-Consul-Effective-Consistency", "leader", "Path", "/v1/kv/a\"b\\c?dc=east&x=/y",
+	    "Text", "tab\there\nline\rret caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80 \x7f", "Min",
+	    (json_int_t)INT64_MIN, "Max", (json_int_t)INT64_MAX, "T", 1, "F", 0, "N", "R", 0.1,
+	    "R2", -2.5e-300, "EA", "EO", "Mix", -7, "", "k", "", 3.0, "Empty", "");
+	assert_non_null(hdr);
+	struct dg_buf b;
+	dg_buf_init(&b);
+	assert_int_equal(dg_wan_msg_encode(&b, DG_WAN_HTTP_REPLY, hdr, NULL, 0), 0);
+	char *want = json_dumps(hdr, JSON_COMPACT);
+	assert_non_null(want);
+	size_t hlen = strlen(want);
+	assert_int_equal(b.len, 6 + hlen);
+	assert_int_equal(((uint8_t)b.data[4] << 8) | (uint8_t)b.data[5], hlen);
+	assert_memory_equal(b.data + 6, want, hlen);
+	free(want);
+	json_decref(hdr);
+	dg_buf_fini(&b);
+}
+
+/* What the writer refuses, and that a refusal leaves out as it was. */
+static void header_writer_refuses(void **state)
+{
+	struct dg_buf b;
+	dg_buf_init(&b);
+	assert_int_equal(dg_buf_append(&b, "keep", 4), 0);
+
+	/* depth: 8 levels of objects and arrays mixed, a scalar inside the 8th, is fine; 9 not */
+	json_t *hdr = parse("{\"a\":[{\"b\":[{\"c\":[{\"d\":[1,\"s\",null]}]}]}]}");
+	assert_int_equal(dg_wan_msg_encode(&b, DG_WAN_HTTP, hdr, NULL, 0), 0);
+	json_decref(hdr);
+	b.len = 4;
+	hdr = parse("{\"a\":[{\"b\":[{\"c\":[{\"d\":[[]]}]}]}]}");
+	assert_int_equal(dg_wan_msg_encode(&b, DG_WAN_HTTP, hdr, NULL, 0), DG_EINVAL);
+	assert_int_equal(b.len, 4);
+	json_decref(hdr);
+	hdr = parse("{\"a\":[[[[[[[{}]]]]]]]}");
+	assert_int_equal(dg_wan_msg_encode(&b, DG_WAN_HTTP, hdr, NULL, 0), DG_EINVAL);
+	json_decref(hdr);
+
+	/* a cycle (jansson refuses only a container inside itself) is refused, not followed */
+	hdr = json_object();
+	json_t *arr = json_array();
+	assert_int_equal(json_object_set(hdr, "a", arr), 0);
+	assert_int_equal(json_array_append(arr, hdr), 0);
+	assert_int_equal(dg_wan_msg_encode(&b, DG_WAN_HTTP, hdr, NULL, 0), DG_EINVAL);
+	assert_int_equal(json_array_clear(arr), 0);
+	json_decref(arr);
+	json_decref(hdr);
+
+	/* NUL in a string, deep down, and in a key deep down; out unchanged */
+	hdr = json_pack("{s:[{s:s%}]}", "a", "b", "x\0y", (size_t)3);
+	assert_non_null(hdr);
+	assert_int_equal(dg_wan_msg_encode(&b, DG_WAN_HTTP, hdr, NULL, 0), DG_EINVAL);
+	json_decref(hdr);
+	/* at each place in longer strings: the first, middle and last eight bytes */
+	for (size_t at = 0; at < 20; at++) {
+		char t[20];
+		memset(t, 'a', sizeof(t));
+		t[at] = 0;
+		hdr = json_pack("{s:s%}", "a", t, sizeof(t));
+		assert_non_null(hdr);
+		if (dg_wan_msg_encode(&b, DG_WAN_HTTP, hdr, NULL, 0) != DG_EINVAL)
+			fail_msg("NUL at %zu encoded", at);
+		json_decref(hdr);
+	}
+	json_t *inner = json_object();
+	assert_int_equal(json_object_setn_new(inner, "\0", 1, json_null()), 0);
+	hdr = json_pack("{s:s, s:[o]}", "ok", "x", "a", inner);
+	assert_int_equal(dg_wan_msg_encode(&b, DG_WAN_HTTP, hdr, NULL, 0), DG_EINVAL);
+	json_decref(hdr);
+	assert_int_equal(b.len, 4);
+	assert_string_equal(b.data, "keep");
+
+	/* text that is not UTF-8, which jansson's *_nocheck calls let through: the decoder would
+	 * refuse it, so the encoder does */
+	static const char *const bad_utf8[] = {
+	    "\xff",
+	    "\x80",
+	    "a\xc3",
+	    "\xc0\xaf",
+	    "\xc1\xbf",
+	    "\xe0\x9f\xbf",
+	    "\xed\xa0\x80",
+	    "\xf0\x8f\xbf\xbf",
+	    "\xf4\x90\x80\x80",
+	    "\xf5\x80\x80\x80",
+	    "\xc3\x28",
+	    "0123456\xe2\x82",
+	    "\xed\xbf\xbf",
+	    "abcdefgh\xc3\xa9\xe2",
+	    "\37712345678",
+	    "0123456789abcde\2000123456789", /* octal: \377, \200 */
+	};
+	for (size_t i = 0; i < sizeof(bad_utf8) / sizeof(bad_utf8[0]); i++) {
+		hdr = json_object();
+		assert_int_equal(json_object_set_new(hdr, "a", json_string_nocheck(bad_utf8[i])),
+				 0);
+		if (dg_wan_msg_encode(&b, DG_WAN_HTTP, hdr, NULL, 0) != DG_EINVAL)
+			fail_msg("string %zu encoded", i);
+		json_decref(hdr);
+		hdr = json_object();
+		assert_int_equal(json_object_set_new_nocheck(hdr, bad_utf8[i], json_true()), 0);
+		if (dg_wan_msg_encode(&b, DG_WAN_HTTP, hdr, NULL, 0) != DG_EINVAL)
+			fail_msg("key %zu encoded", i);
+		json_decref(hdr);
+	}
+	assert_int_equal(b.len, 4);
+
+	/* over DG_WAN_MAX_HEADER: one long string refused before it is copied, many short ones,
+	 * and a string that fits raw but not escaped; out unchanged each time */
+	size_t big = DG_WAN_MAX_HEADER;
+	char *s = malloc(big + 1);
+	assert_non_null(s);
+	memset(s, 'x', big);
+	s[big] = 0;
+	hdr = json_pack("{s:s}", "E", s);
+	assert_int_equal(dg_wan_msg_encode(&b, DG_WAN_ERROR, hdr, NULL, 0), DG_ETOOBIG);
+	assert_int_equal(b.len, 4);
+	json_decref(hdr);
+	hdr = json_object();
+	arr = json_array();
+	for (int i = 0; i < DG_WAN_MAX_HEADER / 4; i++)
+		assert_int_equal(json_array_append_new(arr, json_string("ab")), 0);
+	assert_int_equal(json_object_set_new(hdr, "A", arr), 0);
+	assert_int_equal(dg_wan_msg_encode(&b, DG_WAN_HTTP, hdr, NULL, 0), DG_ETOOBIG);
+	assert_int_equal(b.len, 4);
+	/* too big and, after the limit, refused: DG_EINVAL, as when the check came first */
+	assert_int_equal(json_array_append_new(arr, json_stringn_nocheck("\xff", 1)), 0);
+	assert_int_equal(dg_wan_msg_encode(&b, DG_WAN_HTTP, hdr, NULL, 0), DG_EINVAL);
+	assert_int_equal(b.len, 4);
+	json_decref(hdr);
+	memset(s, '\x01', 20000); /* 20000 bytes raw, 120000 escaped */
+	s[20000] = 0;
+	hdr = json_pack("{s:s}", "E", s);
+	assert_int_equal(dg_wan_msg_encode(&b, DG_WAN_ERROR, hdr, NULL, 0), DG_ETOOBIG);
+	assert_int_equal(b.len, 4);
+	json_decref(hdr);
+	/* escaped to exactly the limit: {"E":"..."} is 8 bytes around the string's text */
+	size_t quotes = (DG_WAN_MAX_HEADER - 8) / 2;
+	memset(s, '"', quotes);
+	s[quotes] = 0;
+	hdr = json_pack("{s:s}", "E", s);
+	assert_int_equal(dg_wan_msg_encode(&b, DG_WAN_ERROR, hdr, NULL, 0), 0);
+	assert_int_equal(b.len, 4 + 6 + DG_WAN_MAX_HEADER);
+	b.len = 4;
+	json_decref(hdr);
+	s[quotes] = '"';
+	s[quotes + 1] = 0;
+	hdr = json_pack("{s:s}", "E", s);
+	assert_int_equal(dg_wan_msg_encode(&b, DG_WAN_ERROR, hdr, NULL, 0), DG_ETOOBIG);
+	assert_int_equal(b.len, 4);
+	json_decref(hdr);
+	free(s);
+
+	/* a body over the limit is DG_ETOOBIG, unless the header is refused as well */
+	char *body = calloc(1, DG_WAN_MAX_MSG);
+	assert_non_null(body);
+	hdr = json_pack("{s:s}", "a", "b");
+	assert_int_equal(dg_wan_msg_encode(&b, DG_WAN_HTTP, hdr, body, DG_WAN_MAX_MSG), DG_ETOOBIG);
+	json_decref(hdr);
+	hdr = json_pack("{s:s%}", "a", "\0", (size_t)1);
+	assert_int_equal(dg_wan_msg_encode(&b, DG_WAN_HTTP, hdr, body, DG_WAN_MAX_MSG), DG_EINVAL);
+	json_decref(hdr);
+	assert_int_equal(b.len, 4);
+	assert_string_equal(b.data, "keep");
+	free(body);
+	dg_buf_fini(&b);
+}
+
 /* ---- members ---- */
 
 static const char *good_member =
@@ -864,6 +1244,9 @@ int main(void)
 	    cmocka_unit_test(reject_too_deep),
 	    cmocka_unit_test(encode_limits),
 	    cmocka_unit_test(encode_refuses_what_decode_would),
+	    cmocka_unit_test(header_writer_property),
+	    cmocka_unit_test(header_text_is_janssons),
+	    cmocka_unit_test(header_writer_refuses),
 	    cmocka_unit_test(members_decode_good),
 	    cmocka_unit_test(members_decode_rejects),
 	    cmocka_unit_test(members_count_limit),
