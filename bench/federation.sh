@@ -6,8 +6,9 @@
 #   read latency, 1 client, p50 and p99     a KV read sent to dc1 with ?dc=east, minus the link's
 #                                           own round trip, against the same read made in east
 #                                           (alternating slices, medians)   target: adds < 1 ms at p99
-#   reads/s at saturation, distinct keys    forwarded against local, both driven with 256
-#                                           connections (wrk -t2)            target >= 0.3x
+#   reads/s at saturation, distinct keys    forwarded driven with 256 connections (wrk -t2),
+#                                           against the better of local with 256 (wrk -t2) and
+#                                           with 16 (wrk -t1)                target >= 0.3x
 #   reads/s, 16 connections                 the same at 16 connections, distinct keys and one shared
 #                                           key (identical in-flight reads share one WAN request);
 #                                           context: a forwarded read takes longer, so 16 clients
@@ -360,6 +361,7 @@ ADDED=$(minus "$FP99_NET" "$LP99")
 
 coalesced_now() { metric "$DC1_ADDR" dcgate.federation.coalesced; }
 T_LOCAL='' T_FWD='' S_LOCAL='' S_FWD='' T_COAL='' S_COAL='' X_LOCAL='' X_FWD='' X_COAL=''
+X_ANCHOR='' X_ANCHOR_AT=''
 if up; then
 	log "throughput: wrk -t1 -c$CONNS -d${DURATION}s, local and forwarded in 2 alternating slices each:"
 	log "  $NKEYS distinct keys (bench/fed_keys.lua), then one key"
@@ -420,6 +422,12 @@ if up; then
 	[ ${#XF[@]} -eq 2 ] || XF=()
 	X_LOCAL=$(median "${XL[@]+"${XL[@]}"}") X_FWD=$(median "${XF[@]+"${XF[@]}"}")
 	T_LOCAL=$(median "${TL[@]+"${TL[@]}"}") T_FWD=$(median "${TF[@]+"${TF[@]}"}")
+	# the anchor is local at its best: two wrk threads take CPU from a local server that one
+	# thread keeps busy, so local with 16 connections may beat local with 256
+	X_ANCHOR=$X_LOCAL X_ANCHOR_AT="$SAT_CONNS conns"
+	if [ -n "$T_LOCAL" ] && { [ -z "$X_LOCAL" ] || awk -v a="$T_LOCAL" -v b="$X_LOCAL" 'BEGIN {exit !(a > b)}'; }; then
+		X_ANCHOR=$T_LOCAL X_ANCHOR_AT="$CONNS conns"
+	fi
 	S_LOCAL=$(median "${SL[@]+"${SL[@]}"}") S_FWD=$(median "${SF[@]+"${SF[@]}"}")
 	alive_all || broke "a server died during the throughput runs; see $TMP/*.log"
 fi
@@ -462,7 +470,8 @@ row "  p50, forwarded minus link RTT" "$(fmt %.3f "$FP50_NET")" "$(fmt %.3f "$LP
 row "  p99, forwarded minus link RTT" "$(fmt %.3f "$FP99_NET")" "$(fmt %.3f "$LP99")" "$(ratio "$FP99_NET" "$LP99")" "the same read in $REMOTE"
 row "  p50, forwarded as measured" "$(fmt %.3f "$FP50")" "$(fmt %.3f "$LP50")" "$(ratio "$FP50" "$LP50")" "the same read in $REMOTE (context)"
 row "  p99, forwarded as measured" "$(fmt %.3f "$FP99")" "$(fmt %.3f "$LP99")" "$(ratio "$FP99" "$LP99")" "the same read in $REMOTE (context)"
-row "reads/s, $SAT_CONNS conns, $NKEYS distinct keys" "$(fmt %.0f "$X_FWD")" "$(fmt %.0f "$X_LOCAL")" "$(ratio "$X_FWD" "$X_LOCAL")" "the same reads in $REMOTE (saturated)"
+row "reads/s, saturated, $NKEYS distinct keys" "$(fmt %.0f "$X_FWD")" "$(fmt %.0f "$X_ANCHOR")" "$(ratio "$X_FWD" "$X_ANCHOR")" "local at its best (${X_ANCHOR_AT:--}); fwd at $SAT_CONNS conns"
+row "reads/s, $SAT_CONNS conns, $NKEYS distinct keys" "$(fmt %.0f "$X_FWD")" "$(fmt %.0f "$X_LOCAL")" "$(ratio "$X_FWD" "$X_LOCAL")" "the same reads in $REMOTE (context)"
 row "reads/s, $CONNS conns, $NKEYS distinct keys" "$(fmt %.0f "$T_FWD")" "$(fmt %.0f "$T_LOCAL")" "$(ratio "$T_FWD" "$T_LOCAL")" "the same reads in $REMOTE (context)"
 row "reads/s, $CONNS conns, one key" "$(fmt %.0f "$S_FWD")" "$(fmt %.0f "$S_LOCAL")" "$(ratio "$S_FWD" "$S_LOCAL")" "(identical reads share one WAN request)"
 echo "  (reads/s: 2 alternating slices of ${DURATION} s each, medians; forwarded reads that shared an"
@@ -494,7 +503,7 @@ target() { # <label> <value> <shown> <awk condition on v>
 	printf 'target: %-52s %10s  %s\n' "$1" "$shown" "$verdict"
 }
 target "forwarding adds < 1 ms at p99 (fwd - RTT - local)" "$ADDED" "$(fmt %.3f "$ADDED") ms" "v < 1"
-tr=$(ratio "$X_FWD" "$X_LOCAL")
+tr=$(ratio "$X_FWD" "$X_ANCHOR")
 target "forwarded reads/s >= 0.3 x local (saturated, distinct)" "$tr" "$tr" "v >= 0.3"
 target "one WAN request for $WATCHERS identical watchers" "$W_INFLIGHT" "$(fmt %.0f "$W_INFLIGHT")" "v == 1"
 
