@@ -220,7 +220,9 @@ static void forward_done(void *arg, int err, const struct dg_wan_msg *reply)
 		if (resp.status < 100 || resp.status > 599 || (hd && !json_is_object(hd))) {
 			err = DG_EIO;
 		} else {
-			resp.headers = hd ? json_deep_copy(hd) : json_object();
+			/* shared, not copied: the message is freed after the callbacks and nothing
+			 * else touches its headers (jansson's reference counts are atomic) */
+			resp.headers = hd ? json_incref(hd) : json_object();
 			if (reply->body_len) {
 				resp.body = malloc(reply->body_len);
 				if (!resp.body)
@@ -268,18 +270,27 @@ static void forward_done(void *arg, int err, const struct dg_wan_msg *reply)
  * copies, Cache-Control is left out: it says how old an answer may be, not which answer. */
 static char *read_key(const struct dg_fed_request *req, bool for_cache)
 {
-	json_t *h = req->headers ? json_deep_copy(req->headers) : json_object();
-	if (!h)
-		return NULL;
-	if (for_cache) {
+	const json_t *h = req->headers;
+	json_t *copy = NULL;
+	if (for_cache && h && json_object_size(h) > 0) {
 		const char *k;
-		void *tmp;
 		json_t *v;
-		json_object_foreach_safe(h, tmp, k, v) if (strcasecmp(k, "Cache-Control") == 0)
-		    json_object_del(h, k);
+		json_object_foreach((json_t *)h, k, v) if (strcasecmp(k, "Cache-Control") == 0)
+		{
+			copy = json_deep_copy(h);
+			break;
+		}
+		if (copy) {
+			void *tmp;
+			json_object_foreach_safe(copy, tmp, k, v) if (strcasecmp(k, "Cache-Control") == 0)
+			    json_object_del(copy, k);
+			h = copy;
+		}
 	}
-	char *hdrs = json_dumps(h, JSON_SORT_KEYS | JSON_COMPACT);
-	json_decref(h);
+	/* most forwarded reads carry no headers: no need to ask jansson for "{}" */
+	char *hdrs = h && json_object_size(h) > 0 ? json_dumps(h, JSON_SORT_KEYS | JSON_COMPACT)
+						  : strdup("{}");
+	json_decref(copy);
 	if (!hdrs)
 		return NULL;
 	size_t n = strlen(req->dc) + strlen(req->method) + strlen(req->path_query) +
