@@ -290,7 +290,8 @@ static void *local_call_new(void *srv, const struct dg_fed_local_request *req,
 	size_t plen = q ? (size_t)(q - req->path_query) : strlen(req->path_query);
 	if (!(c->method = strdup(req->method)) || !(c->r.url = dg_strndup(req->path_query, plen)) ||
 	    (q && !(c->query = strdup(q + 1))) ||
-	    !(c->headers = req->headers ? json_deep_copy(req->headers) : json_object()))
+	    /* shared, not copied: only read, and jansson's reference counts are atomic */
+	    !(c->headers = req->headers ? json_incref(req->headers) : json_object()))
 		goto fail;
 	dg__http_unescape(c->r.url);
 	c->r.method = dg__http_method_parse(c->method);
