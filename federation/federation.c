@@ -568,16 +568,11 @@ static void *refresher_main(void *arg)
 			}
 			pp = &e->next;
 		}
-		/* refresh_start drops the lock: restart the scan after each one */
-		for (bool again = true; again && !f->stopping;) {
-			again = false;
-			for (struct centry *e = f->cache; e; e = e->next)
-				if (!e->refreshing && now >= e->retry_ms) {
-					refresh_start(f, e);
-					again = true;
-					break;
-				}
-		}
+		/* refresh_start drops the lock, but only this thread removes entries (others add at
+		 * the head), so e and its next are still there when it returns: one pass */
+		for (struct centry *e = f->cache; e && !f->stopping; e = e->next)
+			if (!e->refreshing && now >= e->retry_ms)
+				refresh_start(f, e);
 	}
 	pthread_mutex_unlock(&f->mu);
 	return NULL;
