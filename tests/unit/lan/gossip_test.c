@@ -816,6 +816,46 @@ static bool pred_someone_suspects(struct sim *s, void *arg)
 	return false;
 }
 
+/* A failed agent restarted with the same name starts again at incarnation 1, below what the
+ * others remember: the seed's push-pull tells it it is failed, and it refutes. */
+static void restart_rejoins(void **state)
+{
+	struct sim *s = converged_cluster(10, NULL);
+	const int x = 4;
+	s->up[x] = false;
+	struct all_see a = {x, DG_GOSSIP_FAILED};
+	assert_true(run_until(s, pred_all_see, &a, 30000) != UINT64_MAX);
+	uint32_t old_inc = dg_gossip_find(s->g[0], "n4")->incarnation;
+
+	struct dg_gossip_tag tags[] = {{"role", "node"}, {"dc", "dc1"}};
+	struct dg_gossip_config cfg = {.name = "n4",
+				       .addr = s->addr[x],
+				       .port = 8301,
+				       .tags = tags,
+				       .ntags = 2,
+				       .seed = 99,
+				       .send = sim_send,
+				       .change = sim_change,
+				       .arg = &s->ctx[x]};
+	char err[160];
+	dg_gossip_free(s->g[x]);
+	assert_int_equal(dg_gossip_new(&cfg, s->now, &s->g[x], err, sizeof(err)), 0);
+	assert_int_equal(dg_gossip_self(s->g[x])->incarnation, 1);
+	s->up[x] = true;
+	assert_int_equal(dg_gossip_join(s->g[x], s->addr[0], 8301, s->now), 0);
+	uint64_t t = run_until(s, pred_converged, NULL, 10000);
+	print_message("restarted n4 alive everywhere %llu ms after joining\n",
+		      (unsigned long long)t);
+	assert_true(t != UINT64_MAX);
+	assert_true(dg_gossip_self(s->g[x])->incarnation > old_inc);
+	for (int i = 0; i < 10; i++) {
+		const struct dg_gossip_member *m = dg_gossip_find(s->g[i], "n4");
+		assert_int_equal(m->status, DG_GOSSIP_ALIVE_ST);
+		assert_int_equal(m->ntags, 2); /* the new tags came with the new incarnation */
+	}
+	sim_free(s);
+}
+
 static void false_suspicion_refuted(void **state)
 {
 	struct sim *s = converged_cluster(10, NULL);
@@ -1116,6 +1156,7 @@ int main(void)
 	    cmocka_unit_test(keys_and_sealing),
 	    cmocka_unit_test(join_converges),
 	    cmocka_unit_test(failure_detected),
+	    cmocka_unit_test(restart_rejoins),
 	    cmocka_unit_test(false_suspicion_refuted),
 	    cmocka_unit_test(indirect_probes_keep_alive),
 	    cmocka_unit_test(graceful_leave),
