@@ -121,8 +121,10 @@ static int get_name(struct rd *r, const char **out, const char *what)
 	return get_str8(r, 1, DG_GOSSIP_NAME_MAX, out, what);
 }
 
-/* The smallest encoded node (1-byte name and address, no tags), for count checks. */
-#define NODE_MIN_BYTES 14
+/* The smallest encodings, for count checks before allocating (an overestimate would refuse
+ * valid packets): a push-pull node with 1-byte name and address and no tags (2 + 2 + port 2 +
+ * status 1 + incarnation 4 + tag count 1), and a tag with a 1-byte key and empty value. */
+#define NODE_MIN_BYTES 12
 #define TAG_MIN_BYTES  5
 
 static int get_node(struct rd *r, struct dg_gossip_node *n, bool with_status)

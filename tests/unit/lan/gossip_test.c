@@ -193,6 +193,23 @@ static void round_trip_every_type(void **state)
 		dg_gossip_packet_fini(&p);
 		dg_buf_fini(&b);
 	}
+
+	/* the smallest members there are: the count check before allocating must not refuse
+	 * them; and the smallest tags */
+	static const char *one_char[] = {"a", "b", "c", "d", "e", "f", "g", "h", "i", "j"};
+	struct dg_gossip_tag tiny_tags[3] = {{"k", ""}, {"l", ""}, {"m", ""}};
+	for (size_t i = 0; i < 10; i++)
+		v[i] = (struct dg_gossip_node){
+		    .name = one_char[i], .addr = "x", .port = 1, .status = DG_GOSSIP_LEFT};
+	v[9].ntags = 3;
+	v[9].tags = tiny_tags;
+	struct dg_gossip_msg tiny = {.type = DG_GOSSIP_PUSHPULL, .nmembers = 10, .members = v};
+	encode_one(&b, &tiny, DG_GOSSIP_STREAM_MAX);
+	assert_int_equal(b.len, 2 + 5 + 3 + 10 * 12 + 3 * 5);
+	assert_int_equal(dg_gossip_packet_decode(b.data, b.len, true, &p, err, sizeof(err)), 0);
+	assert_msg_equal(&tiny, &p.msg[0]);
+	dg_gossip_packet_fini(&p);
+	dg_buf_fini(&b);
 }
 
 /* Every prefix of a valid packet, and the packet with a byte more, are refused with a reason. */
