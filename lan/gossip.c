@@ -147,24 +147,28 @@ static void free_tags(struct dg_gossip_member *m)
 	m->ntags = 0;
 }
 
-/* Copies tags into m (replacing its own); on failure m keeps none. */
+/* Copies tags into m, replacing its own (tags may be m's own: the copy is made first); on
+ * failure m keeps what it had. */
 static int set_tags(struct dg_gossip_member *m, const struct dg_gossip_tag *tags, size_t n)
 {
-	free_tags(m);
-	if (n == 0)
-		return 0;
-	m->tags = calloc(n, sizeof(*m->tags));
-	if (!m->tags)
-		return DG_ENOMEM;
-	for (size_t i = 0; i < n; i++) {
-		m->tags[i].key = dg_strdup(tags[i].key);
-		m->tags[i].value = dg_strdup(tags[i].value);
-		m->ntags = i + 1;
-		if (!m->tags[i].key || !m->tags[i].value) {
-			free_tags(m);
+	struct dg_gossip_member fresh = {.ntags = 0};
+	if (n) {
+		fresh.tags = calloc(n, sizeof(*fresh.tags));
+		if (!fresh.tags)
 			return DG_ENOMEM;
+		for (size_t i = 0; i < n; i++) {
+			fresh.tags[i].key = dg_strdup(tags[i].key);
+			fresh.tags[i].value = dg_strdup(tags[i].value);
+			fresh.ntags = i + 1;
+			if (!fresh.tags[i].key || !fresh.tags[i].value) {
+				free_tags(&fresh);
+				return DG_ENOMEM;
+			}
 		}
 	}
+	free_tags(m);
+	m->tags = fresh.tags;
+	m->ntags = fresh.ntags;
 	return 0;
 }
 
@@ -951,6 +955,26 @@ int dg_gossip_force_leave(dg_gossip *g, const char *name, uint64_t now)
 	if (m->pub.status != DG_GOSSIP_FAILED)
 		return DG_EINVAL;
 	on_gone(g, m->pub.name, m->pub.incarnation, g->self->pub.name, true, now);
+	return 0;
+}
+
+int dg_gossip_set_tags(dg_gossip *g, const struct dg_gossip_tag *tags, size_t ntags)
+{
+	struct member *s = g->self;
+	struct dg_gossip_msg a = {.type = DG_GOSSIP_ALIVE};
+	int rv;
+	if (ntags && !tags)
+		return DG_EINVAL;
+	node_of(s, &a.node);
+	a.node.tags = tags;
+	a.node.ntags = ntags;
+	g->one.len = 0;
+	if (dg_gossip_msg_encode(&g->one, &a) != 0)
+		return DG_EINVAL;
+	if ((rv = set_tags(&s->pub, tags, ntags)) != 0)
+		return rv;
+	s->pub.incarnation++;
+	broadcast_alive(g, s);
 	return 0;
 }
 

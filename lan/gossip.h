@@ -118,6 +118,10 @@ bool dg_gossip_leave_done(const dg_gossip *g);
  * DG_ENOTFOUND when not known, DG_EINVAL when not failed. */
 int dg_gossip_force_leave(dg_gossip *g, const char *name, uint64_t now_ms);
 
+/* Replaces this node's tags (copied) and announces them with a higher incarnation, as serf's
+ * SetTags does. 0, DG_EINVAL (over the limits; nothing changes) or DG_ENOMEM. */
+int dg_gossip_set_tags(dg_gossip *g, const struct dg_gossip_tag *tags, size_t ntags);
+
 /* Members, this node included, in no particular order; valid until the next call that may
  * change the table (recv, tick, join, leave). */
 size_t dg_gossip_count(const dg_gossip *g);

@@ -873,6 +873,35 @@ static void restart_rejoins(void **state)
 	sim_free(s);
 }
 
+static bool pred_tags_seen(struct sim *s, void *arg)
+{
+	for (int i = 0; i < s->n; i++) {
+		const struct dg_gossip_member *m = dg_gossip_find(s->g[i], "n1");
+		if (!m || m->ntags != 2 || strcmp(m->tags[1].value, "1") != 0)
+			return false;
+	}
+	return true;
+}
+
+static void tags_change(void **state)
+{
+	struct sim *s = converged_cluster(10, NULL);
+	uint32_t inc = dg_gossip_self(s->g[1])->incarnation;
+	struct dg_gossip_tag tags[] = {{"role", "consul"}, {"bootstrap", "1"}};
+	static char bigval[DG_GOSSIP_TAG_MAX + 1];
+	memset(bigval, 'v', DG_GOSSIP_TAG_MAX);
+	struct dg_gossip_tag fat[5] = {
+	    {"a", bigval}, {"b", bigval}, {"c", bigval}, {"d", bigval}, {"e", "x"}};
+	assert_int_equal(dg_gossip_set_tags(s->g[1], fat, 5), DG_EINVAL);
+	assert_int_equal(dg_gossip_self(s->g[1])->ntags, 6); /* unchanged */
+	assert_int_equal(dg_gossip_set_tags(s->g[1], tags, 2), 0);
+	assert_int_equal(dg_gossip_self(s->g[1])->incarnation, inc + 1);
+	uint64_t t = run_until(s, pred_tags_seen, NULL, 5000);
+	assert_true(t != UINT64_MAX);
+	assert_true(converged(s));
+	sim_free(s);
+}
+
 static void false_suspicion_refuted(void **state)
 {
 	struct sim *s = converged_cluster(10, NULL);
@@ -1174,6 +1203,7 @@ int main(void)
 	    cmocka_unit_test(join_converges),
 	    cmocka_unit_test(failure_detected),
 	    cmocka_unit_test(restart_rejoins),
+	    cmocka_unit_test(tags_change),
 	    cmocka_unit_test(false_suspicion_refuted),
 	    cmocka_unit_test(indirect_probes_keep_alive),
 	    cmocka_unit_test(graceful_leave),
