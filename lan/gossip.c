@@ -397,9 +397,12 @@ static void send_pushpull(dg_gossip *g, const char *addr, uint16_t port, uint8_t
 static void refute(dg_gossip *g, uint32_t inc)
 {
 	struct member *s = g->self;
+	uint32_t base = inc > s->pub.incarnation ? inc : s->pub.incarnation;
 	if (s->pub.status != DG_GOSSIP_ALIVE_ST)
 		return; /* leaving: what they say is true */
-	s->pub.incarnation = (inc > s->pub.incarnation ? inc : s->pub.incarnation) + 1;
+	if (base == UINT32_MAX)
+		return; /* no higher number to say it with; wrapping to 0 would be worse */
+	s->pub.incarnation = base + 1;
 	g->stats.refutes++;
 	broadcast_alive(g, s);
 }
