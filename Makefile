@@ -70,7 +70,7 @@ $(WAN_DELAYER): tests/wan/delayer.c | deps
 # Real fuzzing with libFuzzer (clang): `make fuzz FUZZ_SECONDS=60` runs each target for that long
 # on a copy of its corpus and keeps new inputs in build-fuzz/corpus-<target>.
 FUZZ_SECONDS ?= 30
-FUZZ_LIB_SRCS := $(wildcard common/*.c catalog/*.c) http/query.c http/decode.c tls/frames.c wan/msg.c
+FUZZ_LIB_SRCS := $(wildcard common/*.c catalog/*.c) http/query.c http/decode.c tls/frames.c wan/msg.c lan/gossip_msg.c
 fuzz:
 	@mkdir -p build-fuzz
 	@for src in $(FUZZ_SRCS); do name=$$(basename $$src .c); t=$${name#fuzz_}; \
