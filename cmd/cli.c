@@ -5,6 +5,7 @@
 
 #include "cmd/version.h"
 #include "common/common.h"
+#include "lan/gossip_msg.h"
 
 #include <curl/curl.h>
 #include <errno.h>
@@ -2315,6 +2316,29 @@ static int cmd_version(struct cli *c, int argc, char **argv)
 	return CLI_OK;
 }
 
+static const char usage_keygen[] =
+    "Usage: dcgate keygen\n"
+    "\n"
+    "  Prints a new gossip encryption key (32 random bytes, base64), the form the -encrypt\n"
+    "  option takes. Needs no agent.\n";
+
+static int cmd_keygen(struct cli *c, int argc, char **argv)
+{
+	if (argc > 0) {
+		if (strcmp(argv[0], "-h") && strcmp(argv[0], "-help") && strcmp(argv[0], "--help"))
+			fprintf(c->err, "This command takes no arguments\n");
+		fputs(usage_keygen, c->err);
+		return CLI_FAIL;
+	}
+	char key[64];
+	if (dg_gossip_key_generate(key, sizeof(key)) != 0) {
+		fprintf(c->err, "Error generating key: no randomness available\n");
+		return CLI_FAIL;
+	}
+	fprintf(c->out, "%s\n", key);
+	return CLI_OK;
+}
+
 static const char usage_leave[] = "Usage: dcgate leave [options]\n"
 				  "\n"
 				  "  Makes the agent leave the cluster gracefully and shut down.\n"
@@ -2600,7 +2624,7 @@ static const struct command {
     {"info", cmd_info},	      {"version", cmd_version},
     {"leave", cmd_leave},     {"reload", cmd_reload},
     {"join", cmd_join},	      {"force-leave", cmd_force_leave},
-    {"rtt", cmd_rtt},
+    {"rtt", cmd_rtt},	      {"keygen", cmd_keygen},
 };
 
 static const struct command *command_find(const char *name)

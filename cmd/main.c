@@ -736,7 +736,10 @@ static void usage(void)
 		"  info         Shows the agent's details\n"
 		"  join         Joins the agent to a cluster\n"
 		"  leave        Gracefully leaves and shuts down the agent\n"
+		"  force-leave  Marks a member as left (-wan for the WAN pool)\n"
+		"  rtt          Shows round trip times (-wan between datacenters)\n"
 		"  reload       Reloads the agent's configuration\n"
+		"  keygen       Prints a new gossip encryption key\n"
 		"  tls          Makes a CA and certificates (tls ca create, tls cert create)\n"
 		"  version      Prints the version\n");
 }

@@ -6,6 +6,7 @@ that) and a copy of the environment without any DCGATE_*/CONSUL_* client setting
 the caller's shell reaches it. What the CLI writes is checked over the HTTP API too.
 """
 
+import base64
 import json
 import os
 import subprocess
@@ -85,6 +86,19 @@ class CLITest(AgentTestCase):
         r = self.cli("version", "-http-addr=127.0.0.1:1", addr=False)
         self.assertEqual(r.code, 0, r)
         self.assertTrue(r.out.startswith("dcgate v"), r)
+
+    def test_keygen(self):
+        keys = set()
+        for _ in range(3):
+            r = self.ok("keygen", addr=False)
+            self.assertEqual(r.err, "", r)
+            self.assertRegex(r.out, r"^[A-Za-z0-9+/]{43}=\n$")
+            self.assertEqual(len(base64.b64decode(r.out.strip(), validate=True)), 32)
+            keys.add(r.out)
+        self.assertEqual(len(keys), 3, "three runs gave the same key")
+        r = self.cli("keygen", "extra", addr=False)
+        self.assertEqual(r.code, 1, r)
+        self.assertIn("Usage: dcgate keygen", r.err)
 
     # ------------------------------------------------------------------------------------ kv
     def test_kv_put_get_delete(self):
