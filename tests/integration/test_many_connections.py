@@ -17,6 +17,7 @@ import unittest
 
 from harness import AgentTestCase, unb64, wait_until
 from test_badinput import read_response
+from test_events import parked
 
 # Below MHD's 15 s idle timeout, far above what a burst takes when nothing stalls (milliseconds).
 ROUND_TIMEOUT_S = 10.0
@@ -47,12 +48,6 @@ class ManyConnectionsTest(AgentTestCase):
                 bodies.append(raw.partition(b"\r\n\r\n")[2])
         return bodies
 
-    def waiters(self):
-        for g in self.a.get("/v1/agent/metrics").json()["Gauges"]:
-            if g["Name"] == "dcgate.http.waiters":
-                return g["Value"]
-        raise AssertionError("no dcgate.http.waiters gauge in /v1/agent/metrics")
-
     def test_bursts_at_multiples_of_128(self):
         self.assertOK(self.a.put("/v1/kv/many/conn", b"v128"))
         for n in (127, 128, 129, 256):
@@ -78,7 +73,7 @@ class ManyConnectionsTest(AgentTestCase):
                 s.sendall(req)
             # every query is parked before the write (a query that has not arrived yet would
             # simply see the new index and answer at once, which proves nothing)
-            wait_until(lambda: self.waiters() >= n, timeout=10, what="all %d queries parked" % n)
+            wait_until(lambda: parked(self.a) >= n, timeout=10, what="all %d queries parked" % n)
             results = [None] * n
 
             def read(i):
