@@ -128,6 +128,10 @@ int dg_buf_appendf(struct dg_buf *b, const char *fmt, ...) __attribute__((format
 char *dg_buf_steal(struct dg_buf *b, size_t *len);
 
 /* ---- strings ---- */
+/* Length of the valid UTF-8 sequence at p (at most avail bytes, avail >= 1), 0 if invalid:
+ * jansson's rules (no overlong forms, no surrogates, nothing past U+10FFFF). NUL counts as a
+ * one-byte sequence; callers that refuse it check for it themselves. */
+size_t dg_utf8_seq(const unsigned char *p, size_t avail);
 /* strdup that aborts never: returns NULL on failure. */
 char *dg_strdup(const char *s);
 char *dg_strndup(const char *s, size_t n);

@@ -42,35 +42,6 @@ static bool qarg_present(struct dg_req *r, const char *name, const char **value)
 	return dg_req_arg_present(r, name, value);
 }
 
-/* Length of the valid UTF-8 sequence at p (at most avail bytes), 0 if invalid. */
-static size_t utf8_seq(const unsigned char *p, size_t avail)
-{
-	unsigned c = p[0];
-	size_t n;
-	uint32_t cp, min;
-	if (c < 0x80)
-		return 1;
-	if (c >= 0xc2 && c <= 0xdf) {
-		n = 2, cp = c & 0x1f, min = 0x80;
-	} else if (c >= 0xe0 && c <= 0xef) {
-		n = 3, cp = c & 0x0f, min = 0x800;
-	} else if (c >= 0xf0 && c <= 0xf4) {
-		n = 4, cp = c & 0x07, min = 0x10000;
-	} else {
-		return 0;
-	}
-	if (avail < n)
-		return 0;
-	for (size_t i = 1; i < n; i++) {
-		if ((p[i] & 0xc0) != 0x80)
-			return 0;
-		cp = cp << 6 | (p[i] & 0x3f);
-	}
-	if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-		return 0;
-	return n;
-}
-
 /* A copy of s fit for a JSON string: invalid UTF-8 bytes become U+FFFD (as Go's encoder does)
  * and the text is cut at a character boundary to at most max input bytes. Query parameters
  * (note=, reason=) are raw bytes; jansson refuses invalid UTF-8. Caller frees; NULL on OOM. */
@@ -83,7 +54,7 @@ static char *utf8_clean(const char *s, size_t max)
 	if (dg_buf_append(&b, "", 0) != 0)
 		return NULL;
 	while (i < len && i < max) {
-		size_t n = utf8_seq(p + i, len - i);
+		size_t n = dg_utf8_seq(p + i, len - i);
 		int rv;
 		if (n == 0) {
 			rv = dg_buf_append(&b, "\xef\xbf\xbd", 3);

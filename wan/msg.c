@@ -149,37 +149,8 @@ static bool text_ok(const char *s, size_t len)
 	if (len - i < 8 && len >= 8 && ascii8(s + len - 8))
 		return true; /* covers s[i..len) */
 	while (i < len) {
-		unsigned char c = (unsigned char)s[i];
-		if (c == 0)
-			return false;
-		if (c < 0x80) {
-			i++;
-			continue;
-		}
-		size_t n;
-		uint32_t cp;
-		if (c >= 0xC2 && c <= 0xDF) {
-			n = 2;
-			cp = c & 0x1F;
-		} else if (c >= 0xE0 && c <= 0xEF) {
-			n = 3;
-			cp = c & 0x0F;
-		} else if (c >= 0xF0 && c <= 0xF4) {
-			n = 4;
-			cp = c & 0x07;
-		} else {
-			return false; /* a continuation byte first, or never valid in UTF-8 */
-		}
-		if (n > len - i)
-			return false;
-		for (size_t k = 1; k < n; k++) {
-			unsigned char d = (unsigned char)s[i + k];
-			if ((d & 0xC0) != 0x80)
-				return false;
-			cp = cp << 6 | (d & 0x3F);
-		}
-		if ((n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000) || cp > 0x10FFFF ||
-		    (cp >= 0xD800 && cp <= 0xDFFF))
+		size_t n = s[i] ? dg_utf8_seq((const unsigned char *)s + i, len - i) : 0;
+		if (n == 0)
 			return false;
 		i += n;
 	}
