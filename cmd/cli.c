@@ -2612,6 +2612,126 @@ out_args:
 }
 
 /* ------------------------------------------------------------------------------------------------
+ * operator raft list-peers | remove-peer
+ */
+
+static const char usage_operator[] =
+    "Usage: dcgate operator raft <subcommand> [options]\n"
+    "\n"
+    "  Inspects and changes the raft configuration of the datacenter's servers.\n"
+    "\n"
+    "    list-peers    Lists the servers in the raft configuration.\n"
+    "    remove-peer   Removes a server from it (-id=<node id> or -address=<ip:port>).\n";
+
+static const char usage_list_peers[] = "Usage: dcgate operator raft list-peers [options]\n"
+				       "\n"
+				       "  Lists the servers in the raft configuration.\n"
+				       "\n" USAGE_SERVER USAGE_CLIENT;
+
+static const char usage_remove_peer[] =
+    "Usage: dcgate operator raft remove-peer [options]\n"
+    "\n"
+    "  Removes a server from the raft configuration (for one that is gone for good).\n"
+    "\n"
+    "  -id=<node id>          The server's ID, as list-peers shows it.\n"
+    "  -address=<ip:port>     Or its raft address.\n" USAGE_CLIENT;
+
+static int cmd_list_peers(struct cli *c, int argc, char **argv)
+{
+	struct args pos;
+	int code = CLI_FAIL;
+	const char *what = "Error getting peers";
+	struct cli_url u;
+	struct table t;
+	json_t *conf = NULL, *srv;
+	size_t i;
+	if (!cli_parse(c, usage_list_peers, NULL, true, argc, argv, &pos, &code))
+		goto out_args;
+	url_init(&u, "/v1/operator/raft/configuration");
+	url_server_params(c, &u);
+	table_init(&t, 6);
+	if ((code = cli_call_json(c, "GET", &u, NULL, 0, NULL, what, false, &conf)) != 0)
+		goto out;
+	if (!json_is_array(json_object_get(conf, "Servers"))) {
+		code = cli_bad_reply(c, what);
+		goto out;
+	}
+	table_row(&t, "Node", "ID", "Address", "State", "Voter", "RaftProtocol");
+	json_array_foreach(json_object_get(conf, "Servers"), i, srv)
+	{
+		bool leader = json_is_true(json_object_get(srv, "Leader"));
+		table_row(&t, json_string_value(json_object_get(srv, "Node")),
+			  json_string_value(json_object_get(srv, "ID")),
+			  json_string_value(json_object_get(srv, "Address")),
+			  leader ? "leader" : "follower",
+			  json_is_true(json_object_get(srv, "Voter")) ? "true" : "false",
+			  json_string_value(json_object_get(srv, "ProtocolVersion")));
+	}
+	code = table_print(&t, c->out, 2) == 0 ? CLI_OK : cli_fail(c, DG_ENOMEM, NULL, what);
+out:
+	json_decref(conf);
+	table_fini(&t);
+	url_fini(&u);
+out_args:
+	args_fini(&pos);
+	return code;
+}
+
+static int cmd_remove_peer(struct cli *c, int argc, char **argv)
+{
+	const char *id = NULL, *address = NULL;
+	const struct flag flags[] = {
+	    {"id", FLAG_STR, &id},
+	    {"address", FLAG_STR, &address},
+	    {NULL, FLAG_BOOL, NULL},
+	};
+	struct args pos;
+	int code = CLI_FAIL;
+	if (!cli_parse(c, usage_remove_peer, flags, false, argc, argv, &pos, &code))
+		goto out;
+	if ((!id || !*id) == (!address || !*address)) {
+		code = cli_usage_error(c, usage_remove_peer,
+				       "Exactly one of -id and -address must be given.\n");
+		goto out;
+	}
+	struct cli_url u;
+	struct reply r;
+	url_init(&u, "/v1/operator/raft/peer");
+	url_param(&u, id ? "id" : "address", id ? id : address);
+	if (cli_call(c, "DELETE", &u, NULL, 0, NULL, "Error removing peer", &r) == 0) {
+		dg_buf_fini(&r.body);
+		fprintf(c->out, "Removed peer with %s \"%s\"\n", id ? "id" : "address",
+			id ? id : address);
+		code = CLI_OK;
+	}
+	url_fini(&u);
+out:
+	args_fini(&pos);
+	flags_fini(flags);
+	return code;
+}
+
+static int cmd_operator(struct cli *c, int argc, char **argv)
+{
+	if (argc < 1 || argv[0][0] == '-' || strcmp(argv[0], "raft") != 0) {
+		bool help =
+		    argc >= 1 && (strcmp(argv[0], "-h") == 0 || strcmp(argv[0], "-help") == 0 ||
+				  strcmp(argv[0], "--help") == 0);
+		if (argc >= 1 && !help && argv[0][0] != '-')
+			return cli_usage_error(c, usage_operator, "Unknown operator subcommand: %s",
+					       argv[0]);
+		fputs(usage_operator, help ? c->out : c->err);
+		return help ? CLI_OK : CLI_FAIL;
+	}
+	if (argc >= 2 && strcmp(argv[1], "list-peers") == 0)
+		return cmd_list_peers(c, argc - 2, argv + 2);
+	if (argc >= 2 && strcmp(argv[1], "remove-peer") == 0)
+		return cmd_remove_peer(c, argc - 2, argv + 2);
+	return cli_usage_error(c, usage_operator, "Unknown operator raft subcommand: %s",
+			       argc >= 2 ? argv[1] : "(none)");
+}
+
+/* ------------------------------------------------------------------------------------------------
  * Entry points
  */
 
@@ -2625,6 +2745,7 @@ static const struct command {
     {"leave", cmd_leave},     {"reload", cmd_reload},
     {"join", cmd_join},	      {"force-leave", cmd_force_leave},
     {"rtt", cmd_rtt},	      {"keygen", cmd_keygen},
+    {"operator", cmd_operator},
 };
 
 static const struct command *command_find(const char *name)

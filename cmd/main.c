@@ -18,6 +18,7 @@
 #include "cmd/version.h"
 #include "common/common.h"
 #include "http/http.h"
+#include "lan/gossip_msg.h"
 #include "lan/lan.h"
 #include "tls/tls.h"
 #include "cmd/tls_cli.h"
@@ -301,6 +302,49 @@ static void each_wan_addr(json_t *cfg, const char *key, const char *flag, dg_wan
 	}
 }
 
+/* The LAN addresses under a config key (a string or an array) and a flag's values, as one
+ * NULL-terminated array (free with dg_strv_free). */
+static char **lan_addrs(json_t *cfg, const char *key, const char *flag)
+{
+	const char *keys[2] = {key, flag};
+	size_t n = 0;
+	char **out = calloc(1, sizeof(*out));
+	for (int k = 0; k < 2 && out; k++) {
+		json_t *v = json_object_get(cfg, keys[k]), *e;
+		json_t *one = json_is_string(v) ? json_pack("[O]", v) : json_incref(v);
+		size_t i;
+		json_array_foreach(one, i, e)
+		{
+			if (!json_is_string(e))
+				continue;
+			char **grown = realloc(out, (n + 2) * sizeof(*out));
+			if (!grown)
+				break;
+			out = grown;
+			out[n++] = strdup(json_string_value(e));
+			out[n] = NULL;
+		}
+		json_decref(one);
+	}
+	return out;
+}
+
+/* gossip_lan.<key>: a duration ("500ms") into *ms; absent leaves *ms. -1 (said why) when bad. */
+static int gossip_lan_ms(json_t *cfg, const char *key, int64_t *ms)
+{
+	json_t *v = json_object_get(json_object_get(cfg, "gossip_lan"), key);
+	int64_t ns;
+	if (!v)
+		return 0;
+	if (!json_is_string(v) || dg_duration_parse(json_string_value(v), &ns) != 0 ||
+	    ns < 10 * 1000000LL || ns > 60 * 1000000000LL) {
+		fprintf(stderr, "==> gossip_lan.%s must be a duration between 10ms and 60s\n", key);
+		return -1;
+	}
+	*ms = ns / 1000000;
+	return 0;
+}
+
 static bool has_wan_addr(json_t *cfg)
 {
 	static const char *keys[] = {"start_join_wan", "join-wan", "retry_join_wan",
@@ -477,15 +521,31 @@ static int run_agent(int argc, char **argv)
 	}
 	if (!server) {
 		fprintf(stderr,
-			"==> This agent would be a client agent, which needs servers to join; "
-			"run with -server -bootstrap-expect=1 (or -dev) for a single server\n");
+			"==> This agent would be a client agent, which this version does not run yet; "
+			"run with -server (-bootstrap-expect=N for N servers) or -dev\n");
 		goto fail;
 	}
-	if (expect > 1) {
-		fprintf(stderr,
-			"==> -bootstrap-expect=%lld: multi-server datacenters are not supported by "
-			"this version; use -bootstrap-expect=1\n",
-			(long long)expect);
+	if (expect < 0 || expect > 64) {
+		fprintf(stderr, "==> bootstrap_expect must be between 0 and 64\n");
+		goto fail;
+	}
+	if (ac.dev && expect > 1) {
+		fprintf(stderr, "==> Bootstrap cannot be enabled in dev mode with more than one "
+				"server\n");
+		goto fail;
+	}
+	uint8_t gossip_key[DG_GOSSIP_KEY_LEN];
+	const char *encrypt = cfg_str(cfg, "encrypt", NULL);
+	if (encrypt && dg_gossip_key_parse(encrypt, gossip_key, msg, sizeof(msg)) != 0) {
+		fprintf(stderr, "==> Invalid encryption key: %s\n", msg);
+		goto fail;
+	}
+	int64_t reconnect_ns = 72LL * 3600 * 1000000000LL;
+	const char *reconnect_s = cfg_str(cfg, "reconnect_timeout", NULL);
+	if (reconnect_s && (dg_duration_parse(reconnect_s, &reconnect_ns) != 0 ||
+			    reconnect_ns < 1000000000LL)) {
+		fprintf(stderr, "==> reconnect_timeout: \"%s\" is not a duration of 1s or more\n",
+			reconnect_s);
 		goto fail;
 	}
 	if (strcmp(bind, "0.0.0.0") == 0)
@@ -534,6 +594,27 @@ static int run_agent(int argc, char **argv)
 	setenv("UV_THREADPOOL_SIZE", "16", 0);
 
 
+	/* gossip_lan timings (Consul's keys). dcgate probes twice as often as Consul by default,
+	 * so that a stopped agent is failed within about 4 s rather than 6-8 s (docs/gossip.md). */
+	int64_t probe_interval = 500, probe_timeout = 250, suspicion_mult = 4;
+	if (gossip_lan_ms(cfg, "probe_interval", &probe_interval) != 0 ||
+	    gossip_lan_ms(cfg, "probe_timeout", &probe_timeout) != 0)
+		goto fail;
+	json_t *smult = json_object_get(json_object_get(cfg, "gossip_lan"), "suspicion_mult");
+	if (smult) {
+		if (!json_is_integer(smult) || json_integer_value(smult) < 1 ||
+		    json_integer_value(smult) > 100) {
+			fprintf(stderr, "==> gossip_lan.suspicion_mult must be an integer 1..100\n");
+			goto fail;
+		}
+		suspicion_mult = json_integer_value(smult);
+	}
+	if (probe_timeout >= probe_interval) {
+		fprintf(stderr, "==> gossip_lan.probe_timeout must be shorter than probe_interval\n");
+		goto fail;
+	}
+	char **joins = lan_addrs(cfg, "start_join", "join");
+	char **retry_joins = lan_addrs(cfg, "retry_join", "retry-join");
 	dg_catalog *cat = dg_cat_new(dc);
 	struct dg_lan_config lc = {
 	    .node = node,
@@ -548,9 +629,21 @@ static int run_agent(int argc, char **argv)
 	    .check_deregister_min_ns = 60LL * 1000000000LL,
 	    .snapshot_threshold = 16384,
 	    .version = DG_CONSUL_VERSION,
+	    .serf_lan_port = cfg_port(cfg, "serf_lan", 8301),
+	    .bootstrap_expect = ac.dev ? 1 : (int)expect,
+	    .join = (const char *const *)joins,
+	    .retry_join = (const char *const *)retry_joins,
+	    .encrypt_key = encrypt ? gossip_key : NULL,
+	    .reconnect_timeout_ms = (uint64_t)(reconnect_ns / 1000000),
+	    .gossip_probe_interval_ms = (uint32_t)probe_interval,
+	    .gossip_probe_timeout_ms = (uint32_t)probe_timeout,
+	    .gossip_suspicion_mult = (uint32_t)suspicion_mult,
 	};
 	dg_lan *lan = NULL;
-	if ((rv = dg_lan_start(&lc, cat, &lan, msg, sizeof(msg))) != 0) {
+	rv = dg_lan_start(&lc, cat, &lan, msg, sizeof(msg));
+	dg_strv_free(joins);
+	dg_strv_free(retry_joins);
+	if (rv != 0) {
 		fprintf(stderr, "==> Error starting agent: %s\n", msg);
 		dg_cat_free(cat);
 		free(node_id);
@@ -647,6 +740,10 @@ static int run_agent(int argc, char **argv)
 	}
 	if (wan && atomic_load(&leave_requested))
 		dg_wan_leave(wan);
+	/* a leave tells the LAN too, so the member shows "left" (not "failed") everywhere and the
+	 * leader removes a leaving server from raft */
+	if (atomic_load(&leave_requested))
+		dg_lan_leave(lan, 5000);
 	/* federation, WAN and HTTP first, while the loop still answers writes in flight; then
 	 * raft. The order inside federation is dg_fed_stop, dg_wan_free, dg_fed_free (see
 	 * federation.h); HTTP lets go of federation before any of it. */
@@ -740,6 +837,7 @@ static void usage(void)
 		"  rtt          Shows round trip times (-wan between datacenters)\n"
 		"  reload       Reloads the agent's configuration\n"
 		"  keygen       Prints a new gossip encryption key\n"
+		"  operator     Raft peers of the servers (operator raft list-peers, remove-peer)\n"
 		"  tls          Makes a CA and certificates (tls ca create, tls cert create)\n"
 		"  version      Prints the version\n");
 }

@@ -134,6 +134,9 @@ char *dg_buf_steal(struct dg_buf *b, size_t *len);
 size_t dg_utf8_seq(const unsigned char *p, size_t avail);
 /* strdup that aborts never: returns NULL on failure. */
 char *dg_strdup(const char *s);
+/* A copy of a NULL-terminated string array (NULL for NULL); free with dg_strv_free. */
+char **dg_strv_dup(const char *const *v);
+void dg_strv_free(char **v);
 char *dg_strndup(const char *s, size_t n);
 /* ASCII case-insensitive equality. */
 bool dg_streq_ci(const char *a, const char *b);

@@ -398,3 +398,31 @@ struct timespec dg_realtime_in_ms(unsigned ms)
 	}
 	return ts;
 }
+
+char **dg_strv_dup(const char *const *v)
+{
+	size_t n = 0;
+	if (!v)
+		return NULL;
+	while (v[n])
+		n++;
+	char **out = calloc(n + 1, sizeof(*out));
+	if (!out)
+		return NULL;
+	for (size_t i = 0; i < n; i++) {
+		if (!(out[i] = strdup(v[i]))) {
+			dg_strv_free(out);
+			return NULL;
+		}
+	}
+	return out;
+}
+
+void dg_strv_free(char **v)
+{
+	if (!v)
+		return;
+	for (char **p = v; *p; p++)
+		free(*p);
+	free(v);
+}

@@ -608,8 +608,12 @@ static json_t *member_json(struct dg_req *r, bool wan)
 static int agent_members(struct dg_req *r)
 {
 	/* ?segment and ?filter are accepted and ignored: one server, one (default) segment */
-	if (!r->q.wan)
-		return reply_json(r, 200, json_pack("[o]", member_json(r, false)));
+	if (!r->q.wan) {
+		json_t *list = dg_lan_members(dg_http_lan(r));
+		if (!list)
+			return dg_reply_text(r, 500, "out of memory", 0);
+		return reply_json(r, 200, list);
+	}
 	/* the WAN pool as federation sees it; an agent without WAN is in no pool (Consul's
 	 * client agents answer null; [] reads the same to every client) */
 	dg_fed *f = dg_http_fed_acquire(r);
@@ -1384,30 +1388,6 @@ static int check_update(struct dg_req *r)
 
 /* ---- cluster membership: join, force-leave, leave, reload ---- */
 
-/* True when addr ("host", "host:port" or "[v6]:port") names this agent's own address. */
-static bool is_own_address(struct dg_req *r, const char *addr)
-{
-	char host[256];
-	const char *self = dg_lan_address(dg_http_lan(r));
-	size_t n = strlen(addr);
-	if (*addr == '[') {
-		const char *end = strchr(addr, ']');
-		if (!end)
-			return false;
-		n = (size_t)(end - addr - 1);
-		addr++;
-	} else {
-		const char *colon = strchr(addr, ':');
-		if (colon && !strchr(colon + 1, ':'))
-			n = (size_t)(colon - addr);
-	}
-	if (n >= sizeof(host))
-		return false;
-	memcpy(host, addr, n);
-	host[n] = 0;
-	return strcmp(host, self) == 0;
-}
-
 /* PUT /v1/agent/join/<addr>?wan=1 (value-based, as Consul reads it): federation dials addr and
  * swaps member lists; the request stays suspended until that is over. */
 static int wan_join(struct dg_req *r)
@@ -1429,25 +1409,45 @@ static int wan_join(struct dg_req *r)
 	return dg_reply_textf(r, 500, 0, "Failed to join %s: %s", r->arg, dg_strerror(r->fed_err));
 }
 
+static int lan_join_start(dg_lan *l, const char *addr, const char *unused, dg_lan_done_fn cb,
+			  void *arg)
+{
+	return dg_lan_join(l, addr, cb, arg);
+}
+
 static int agent_join(struct dg_req *r)
 {
 	if (r->q.wan)
 		return wan_join(r);
-	/* joining ourselves is what Consul answers 200 to as well; anything else would need a
-	 * gossip layer this version does not have */
-	if (*r->arg && is_own_address(r, r->arg))
+	if (!r->fed_done)
+		return dg_req_lan_op(r, lan_join_start, r->arg, NULL);
+	if (r->fed_err == 0)
 		return dg_reply_empty(r);
 	/* short: node-consul shows a text/plain error body only below 80 characters */
-	return dg_reply_textf(r, 500, 0, "Failed to join %s: dcgate cannot join other agents",
-			      r->arg);
+	return dg_reply_textf(r, 500, 0, "Failed to join %s: %s", r->arg,
+			      r->fed_msg ? r->fed_msg : dg_strerror(r->fed_err));
+}
+
+static int lan_force_leave_start(dg_lan *l, const char *name, const char *unused,
+				 dg_lan_done_fn cb, void *arg)
+{
+	return dg_lan_force_leave(l, name, cb, arg);
 }
 
 static int agent_force_leave(struct dg_req *r)
 {
 	/* ?wan is presence-based here (Consul reads Query()["wan"]), unlike members and join */
-	if (!qarg_present(r, "wan", NULL))
-		/* no other LAN members exist, so there is nobody to move to "left" */
-		return dg_reply_empty(r);
+	if (!qarg_present(r, "wan", NULL)) {
+		if (!r->fed_done)
+			return dg_req_lan_op(r, lan_force_leave_start, r->arg, NULL);
+		/* a member that is not failed is left alone, with 200, as serf does */
+		if (r->fed_err == 0 || r->fed_err == DG_EINVAL)
+			return dg_reply_empty(r);
+		if (r->fed_err == DG_ENOTFOUND)
+			return dg_reply_textf(r, 500, 0, "agent: No node found with name '%s'",
+					      r->arg);
+		return dg_reply_text(r, 500, dg_strerror(r->fed_err), 0);
+	}
 	dg_fed *f = dg_http_fed_acquire(r);
 	int rv = f ? dg_fed_force_leave(f, r->arg) : DG_ENOTFOUND;
 	dg_http_fed_release(r);

@@ -127,6 +127,7 @@ struct dg_req {
 	 * are the handler's once it sees fed_done. */
 	enum { DG_FED_NONE, DG_FED_FORWARD, DG_FED_JOIN } fed_kind;
 	bool fed_parked; /* suspended, waiting for the callback to resume it */
+	bool read_barrier; /* a follower's default-mode read waiting for the leader's index */
 	bool fed_done;	 /* the callback ran */
 	int fed_err;
 	struct dg_fed_response fed_resp; /* forward: the remote answer, owned by r */
@@ -229,6 +230,11 @@ int dg_req_forward(struct dg_req *r, const char *dc);
  * the request could be suspended, the handler is called again at once the same way. Returns
  * what the handler must return. */
 int dg_req_wan_join(struct dg_req *r, const char *addr);
+/* The same for an operation of the LAN runtime (join, force-leave, remove-peer) that reports
+ * through a dg_lan_done_fn: start(lan, a, b, cb, arg) begins it. */
+typedef int (*dg_req_lan_start_fn)(dg_lan *l, const char *a, const char *b, dg_lan_done_fn cb,
+				   void *arg);
+int dg_req_lan_op(struct dg_req *r, dg_req_lan_start_fn start, const char *a, const char *b);
 
 /* ---- request bodies (decode.c) ---- */
 /* Go's name for a JSON value's kind ("object", "string", "number", "bool", ...), for Consul's

@@ -174,7 +174,7 @@ static void add_index_headers(struct dg_req *r, struct dg_resp *resp, uint64_t i
 	snprintf(buf, sizeof(buf), "%llu", (unsigned long long)(index ? index : 1));
 	r->ops->resp_header(resp, "X-Consul-Index", buf);
 	r->ops->resp_header(resp, "X-Consul-KnownLeader",
-			    dg_lan_is_leader(r->srv->lan) ? "true" : "false");
+			    dg_lan_leader_known(r->srv->lan) ? "true" : "false");
 	snprintf(buf, sizeof(buf), "%llu",
 		 (unsigned long long)dg_lan_last_contact_ms(r->srv->lan));
 	r->ops->resp_header(resp, "X-Consul-LastContact", buf);
@@ -299,6 +299,11 @@ int dg_reply_write_error(struct dg_req *r)
 		json_int_t st = json_integer_value(json_object_get(res, "Status"));
 		return dg_reply_text(r, st ? (int)st : 500, err, 0);
 	}
+	/* a write forwarded to the leader whose answer never came: it may or may not have been
+	 * applied, which Consul reports as an RPC error */
+	if (r->write_status == DG_ETIMEDOUT || r->write_status == DG_EIO)
+		return dg_reply_textf(r, 500, 0, "rpc error making call: %s",
+				      dg_strerror(r->write_status));
 	if (r->write_status != 0)
 		return dg_reply_text(r, status_of(r->write_status), dg_strerror(r->write_status),
 				     0);
@@ -829,6 +834,23 @@ int dg_req_wan_join(struct dg_req *r, const char *addr)
 	return fed_park(r) ? MHD_YES : DG_HTTP_RETRY;
 }
 
+int dg_req_lan_op(struct dg_req *r, dg_req_lan_start_fn start, const char *a, const char *b)
+{
+	dg_http *h = r->srv;
+	r->fed_kind = DG_FED_JOIN;
+	r->fed_done = false;
+	r->fed_err = 0;
+	__atomic_add_fetch(&h->feds_in_flight, 1, __ATOMIC_RELAXED);
+	int rv = start(h->lan, a, b, join_cb, r);
+	if (rv != 0) {
+		__atomic_sub_fetch(&h->feds_in_flight, 1, __ATOMIC_RELEASE);
+		r->fed_err = rv;
+		r->fed_done = true;
+		return DG_HTTP_RETRY;
+	}
+	return fed_park(r) ? MHD_YES : DG_HTTP_RETRY;
+}
+
 /* ---- dispatch ---- */
 
 static void query_cb(void *cls, const char *key, const char *value)
@@ -896,6 +918,20 @@ static bool forwardable(const char *path)
 	return false;
 }
 
+/* Reads that the default consistency mode sends to the leader: on a follower they wait until it
+ * has applied what the leader had (dg_lan_read_barrier). ?stale reads are served as they are. */
+static bool leader_read(struct dg_req *r)
+{
+	return r->method == DG_GET && !r->q.stale && forwardable(r->url) &&
+	       strncmp(r->url, "/v1/status/", 11) != 0 && strncmp(r->url, "/v1/event/", 10) != 0 &&
+	       dg_lan_config(r->srv->lan)->server && !dg_lan_is_leader(r->srv->lan);
+}
+
+static int barrier_start(dg_lan *l, const char *a, const char *b, dg_lan_done_fn cb, void *arg)
+{
+	return dg_lan_read_barrier(l, cb, arg);
+}
+
 static int dispatch(struct dg_req *r)
 {
 	char allow[64];
@@ -943,6 +979,19 @@ static int dispatch(struct dg_req *r)
 		 * deregister forward by their body's Datacenter, in their handlers) */
 		if (r->q.dc && strcmp(r->q.dc, dg_cat_dc(r->srv->cat)) != 0 && forwardable(r->url))
 			return dg_req_forward(r, r->q.dc);
+		if (leader_read(r)) {
+			r->read_barrier = true;
+			int rv = dg_req_lan_op(r, barrier_start, NULL, NULL);
+			if (rv != DG_HTTP_RETRY)
+				return rv;
+		}
+	}
+	if (r->read_barrier && r->fed_done) {
+		r->read_barrier = false;
+		r->fed_kind = DG_FED_NONE;
+		r->fed_done = false;
+		if (r->fed_err)
+			return dg_reply_text(r, 500, dg_strerror(DG_ENOLEADER), 0);
 	}
 	/* a forward's answer is the remote DC's, whichever handler started it */
 	if (r->fed_kind == DG_FED_FORWARD && r->fed_done)

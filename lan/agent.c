@@ -457,33 +457,11 @@ void dg__agent_on_changes(dg_lan *l, const struct dg_cat_change *v, size_t n)
 		reconcile(l);
 }
 
+/* The leader registers every member's node with its serfHealth check (this one's included) from
+ * gossip: lan/members.c. */
 void dg__agent_on_leader(dg_lan *l)
 {
-	const char *addr = l->address;
-	json_t *cmd = json_pack(
-		"{s:s, s:s, s:s, s:s, s:{s:s, s:s, s:s, s:s}, s:{s:s}}", "Op", "register", "Node",
-		l->cfg.node, "ID", l->node_id, "Address", addr, "TaggedAddresses", "lan", addr,
-		"lan_ipv4", addr, "wan", addr, "wan_ipv4", addr, "NodeMeta",
-		"consul-network-segment", "");
-	if (!cmd)
-		return;
-	if (l->cfg.server) {
-		char port[16];
-		snprintf(port, sizeof(port), "%d", l->cfg.server_port);
-		json_object_set_new(
-			cmd, "Service",
-			json_pack("{s:s, s:s, s:[], s:i, s:{s:s, s:s, s:s, s:s, s:s, s:s, s:s}}", "ID",
-				  "consul", "Service", "consul", "Tags", "Port", l->cfg.server_port,
-				  "Meta", "version", l->cfg.version, "raft_version", "3",
-				  "serf_protocol_current", "2", "serf_protocol_min", "1",
-				  "serf_protocol_max", "5", "non_voter", "false", "read_replica",
-				  "false"));
-	}
-	json_object_set_new(cmd, "Checks",
-			    json_pack("[{s:s, s:s, s:s, s:s}]", "CheckID", "serfHealth", "Name",
-				      "Serf Health Status", "Status", "passing", "Output",
-				      "Agent alive and reachable"));
-	dg__lan_write_local(l, cmd);
+	dg__members_reconcile(l, true);
 	reconcile(l);
 }
 
@@ -616,7 +594,8 @@ void dg__agent_tick(dg_lan *l)
 {
 	struct dg__agent *a = l->agent;
 	uint64_t now = dg_now_ms();
-	if (!a || !dg_lan_is_leader(l))
+	/* every agent runs its own node's checks; their results reach the leader as writes */
+	if (!a)
 		return;
 	for (size_t i = 0; i < a->runners.n; i++) {
 		struct runner *r = a->runners.v[i].value;
@@ -635,6 +614,7 @@ void dg__agent_tick(dg_lan *l)
 	if (now - a->last_slow_tick_ms >= 1000) {
 		a->last_slow_tick_ms = now;
 		check_reaper(l, now);
-		session_timers(l, now);
+		if (dg_lan_is_leader(l))
+			session_timers(l, now);
 	}
 }

@@ -4,13 +4,61 @@
 #define DG_LAN_INTERNAL_H
 
 #include <limits.h>
+#include <nng/nng.h>
 #include <pthread.h>
 #include <raft.h>
 #include <raft/uv.h>
 #include <semaphore.h>
 #include <uv.h>
 
+#include "lan/gossip.h"
 #include "lan/lan.h"
+
+/* The first byte of a request on 8301/tcp. Gossip stream packets start with DG_GOSSIP_MAGIC or
+ * DG_GOSSIP_SEALED; the servers' own requests with one of these. */
+enum {
+	DG_RPC_WRITE = 0xC1,	   /* a command for the leader's raft: JSON text follows */
+	DG_RPC_WRITE_REPLY = 0xC2, /* {"Status":0|dg error,"Result":{...}} */
+	DG_RPC_RAFT = 0xC3,	   /* a raft membership change for the leader: JSON text */
+	DG_RPC_READ_INDEX = 0xC4,  /* "what have you applied?" -> {"Status":0,"Index":n} */
+};
+/* One request or answer on 8301: a push-pull of the most members with room for framing. */
+#define DG_RPC_MAX_MSG (DG_GOSSIP_STREAM_MAX + 64 * 1024)
+/* How long a forwarded write may take, and how long a write waits for a leader to be known
+ * (Consul's rpc_hold_timeout) before it fails with "No cluster leader". */
+#define DG_RPC_WRITE_TIMEOUT_MS 7000
+#define DG_LEADER_HOLD_MS	7000
+
+typedef void (*dg_rpc_done_fn)(void *arg, int err, const uint8_t *buf, size_t len);
+struct rpc_in;
+struct dg__rpc {
+	pthread_mutex_t mu;  /* guards peers and closed */
+	struct dg_map peers; /* "ip:port" -> struct rpc_peer* */
+	bool closed, inited, rep_open;
+	nng_socket rep;
+	struct rpc_in *in;
+	size_t nin;
+};
+
+/* Work handed to the loop thread: fn runs there, or with cancelled true when the loop stops
+ * first (then it only frees). */
+struct loop_task {
+	void (*fn)(dg_lan *l, void *arg, bool cancelled);
+	void *arg;
+	struct loop_task *next;
+};
+
+/* A server of this DC as gossip sees it (for raft). */
+struct dg__server {
+	char name[DG_GOSSIP_NAME_MAX + 1];
+	char id[40];	     /* node ID (UUID) */
+	uint64_t raft_id;    /* from the node ID */
+	char raft_addr[96];  /* ip:8300 */
+	char rpc_addr[96];   /* ip:8301 */
+	int status;	     /* enum dg_gossip_status */
+	int expect;	     /* its -bootstrap-expect, 0 when none */
+	bool bootstrapped;   /* it has raft state */
+};
 
 struct write_req {
 	struct raft_apply apply;
@@ -19,6 +67,11 @@ struct write_req {
 	dg_lan_write_cb cb;
 	void *arg;
 	struct write_req *next;
+	bool forwarded;		 /* came from another server: never forwarded again */
+	uint64_t hold_until_ms;	 /* held while no leader is known, until then */
+	int status;		 /* a forwarded write's outcome, for the loop */
+	json_t *result;
+	uint64_t applied_index;	 /* the raft index the leader applied it at */
 };
 
 struct dg__agent;
@@ -30,6 +83,7 @@ struct dg_lan {
 	dg_catalog *cat;
 	pthread_t thread;
 	sem_t started;
+	sem_t left; /* posted once a graceful leave is over */
 	int start_rv;
 	char start_msg[256];
 
@@ -58,6 +112,27 @@ struct dg_lan {
 	dg_lan_change_hook hook;
 	void *hook_arg;
 	struct dg__agent *agent;
+
+	/* loop thread */
+	struct dg__rpc rpc;
+	struct dg__members *members;
+	struct write_req *held, *held_tail; /* writes waiting for a leader */
+	char leader_rpc[96];		    /* the leader's 8301 address, "" unknown */
+	bool leader_known_loop;
+	bool bootstrap_pending; /* raft not started: waiting for bootstrap_expect servers */
+	struct raft_change change;
+	bool change_busy;
+	uint64_t next_conf_ms;
+	uint64_t raft_id;
+
+	uint8_t encrypt_key[DG_GOSSIP_KEY_LEN];
+	struct read_waiter *read_waiters; /* reads waiting to have applied up to an index */
+
+	/* under mu */
+	bool loop_running; /* tasks may be posted */
+	struct loop_task *tasks, *tasks_tail;
+	json_t *members_json; /* GET /v1/agent/members */
+	json_t *raft_json;    /* GET /v1/operator/raft/configuration */
 };
 
 /* agent.c, all on the loop thread */
@@ -69,5 +144,45 @@ void dg__agent_tick(dg_lan *l);
 void dg__agent_before_write(dg_lan *l, json_t *cmd);
 /* Proposes a command from the loop thread itself, result ignored. */
 void dg__lan_write_local(dg_lan *l, json_t *cmd);
+/* Proposes a command from the loop thread with a callback (run on the loop thread). */
+void dg__lan_write_loop(dg_lan *l, json_t *cmd, dg_lan_write_cb cb, void *arg);
+
+/* raft.c: hands work to the loop thread from any thread. 0, or DG_ESHUTDOWN (fn not called). */
+int dg__lan_post(dg_lan *l, void (*fn)(dg_lan *l, void *arg, bool cancelled), void *arg);
+/* An incoming 8301 request, for the loop. 0 or DG_ESHUTDOWN. */
+int dg__lan_post_rpc(dg_lan *l, struct rpc_in *in);
+uint64_t dg__raft_id_of(const char *node_id);
+
+/* rpc.c */
+int dg__rpc_listen(dg_lan *l, const char *bind, int port, char *msg, size_t len);
+void dg__rpc_close(dg_lan *l);
+/* Sends buf to addr ("ip:port"); cb runs once on an nng thread, with the answer or an error
+ * (DG_ETIMEDOUT, DG_EIO, DG_ESHUTDOWN), unless this returns an error. */
+int dg__rpc_call(dg_lan *l, const char *addr, const void *buf, size_t len, unsigned timeout_ms,
+		 dg_rpc_done_fn cb, void *arg);
+const uint8_t *dg__rpc_request(struct rpc_in *in, size_t *len);
+const char *dg__rpc_peer_addr(struct rpc_in *in, char *buf, size_t len);
+/* Answers an incoming request (any thread), once. */
+void dg__rpc_reply(struct rpc_in *in, const void *buf, size_t len);
+
+/* members.c, on the loop thread */
+int dg__members_start(dg_lan *l, char *msg, size_t len);
+void dg__members_stop(dg_lan *l);
+void dg__members_tick(dg_lan *l, uint64_t now);
+/* A gossip stream packet that came on 8301/tcp. */
+void dg__members_stream(dg_lan *l, struct rpc_in *in, const uint8_t *buf, size_t len);
+/* Servers of this DC that gossip knows (alive, failed or left), at most max. */
+size_t dg__members_servers(dg_lan *l, struct dg__server *out, size_t max);
+/* The 8301 address of the server whose raft address is raft_addr; false when not known. */
+bool dg__members_rpc_of(dg_lan *l, const char *raft_addr, char *out, size_t len);
+/* The node name of the server with this raft address, or NULL. */
+const char *dg__members_name_of(dg_lan *l, const char *raft_addr);
+/* The leader brings the catalog in line with gossip (serfHealth, left and reaped nodes). */
+void dg__members_reconcile(dg_lan *l, bool all);
+/* Marks this server as having raft state (the "raft" tag others bootstrap by). */
+void dg__members_set_bootstrapped(dg_lan *l);
+bool dg__members_server_reaped(dg_lan *l, const char *raft_addr);
+void dg__members_server_forget(dg_lan *l, const char *raft_addr);
+void dg__members_free(dg_lan *l);
 
 #endif

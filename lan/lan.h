@@ -17,6 +17,10 @@
 
 typedef struct dg_lan dg_lan;
 
+/* Result of a join, a read barrier or a raft change, on the loop thread: err 0, or a dg error
+ * with a text (msg may be NULL). */
+typedef void (*dg_lan_done_fn)(void *arg, int err, const char *msg);
+
 struct dg_lan_config {
 	const char *node;      /* node name */
 	const char *node_id;   /* UUID; generated when NULL */
@@ -30,6 +34,17 @@ struct dg_lan_config {
 	int64_t check_deregister_min_ns; /* floor of DeregisterCriticalServiceAfter, 1m */
 	unsigned snapshot_threshold;     /* raft entries between snapshots */
 	const char *version;             /* for the consul service's Meta */
+
+	/* LAN gossip and RPC on serf_lan_port (8301, udp and tcp) */
+	int serf_lan_port;
+	int bootstrap_expect;     /* servers to wait for before bootstrapping raft; 0: never */
+	const char *const *join;  /* -join: tried once at start; NULL-terminated, may be NULL */
+	const char *const *retry_join; /* -retry-join: tried until one answers */
+	const uint8_t *encrypt_key;    /* 32 bytes (copied), or NULL for plaintext gossip */
+	uint64_t reconnect_timeout_ms; /* failed members (and servers) are reaped after: 72 h */
+	uint32_t gossip_probe_interval_ms; /* 0: gossip's default (1 s) */
+	uint32_t gossip_probe_timeout_ms;  /* 0: gossip's default (500 ms) */
+	uint32_t gossip_suspicion_mult;    /* 0: gossip's default (4) */
 };
 
 /* Starts the loop thread, raft and the agent. *out is owned by the caller until dg_lan_free().
@@ -40,6 +55,8 @@ int dg_lan_start(const struct dg_lan_config *cfg, dg_catalog *cat, dg_lan **out,
 void dg_lan_free(dg_lan *l);
 
 bool dg_lan_is_leader(dg_lan *l);
+/* A leader is known (this server or another): X-Consul-KnownLeader. */
+bool dg_lan_leader_known(dg_lan *l);
 /* The leader's raft address ("ip:port") into buf, "" when none is known. */
 void dg_lan_leader(dg_lan *l, char *buf, size_t len);
 /* Milliseconds since the leader was last heard from (0 on the leader). */
@@ -65,6 +82,10 @@ void dg_lan_set_change_hook(dg_lan *l, dg_lan_change_hook hook, void *arg);
 /* Session TTL bookkeeping on the leader: renew resets the timer. 0 or DG_ENOTFOUND. */
 int dg_lan_session_renew(dg_lan *l, const char *id);
 
+/* The same on a follower: the leader keeps the TTL timers, so the renew goes to it. cb gets
+ * 0, DG_ENOTFOUND (no such session) or DG_ENOLEADER. */
+int dg_lan_session_renew_at_leader(dg_lan *l, const char *id, dg_lan_done_fn cb, void *arg);
+
 /* Counters for /v1/agent/metrics. */
 struct dg_lan_stats {
 	uint64_t applied;
@@ -75,6 +96,33 @@ struct dg_lan_stats {
 	uint64_t snapshots;
 };
 void dg_lan_stats(dg_lan *l, struct dg_lan_stats *out);
+
+/* A read in the default consistency mode on a follower: cb(arg, 0, NULL) on the loop thread
+ * once this server has applied everything the leader had applied when asked (at once on the
+ * leader), so a read after an acknowledged write sees it on every server; DG_ENOLEADER when no
+ * leader answers. 0 (cb called once) or an error. */
+int dg_lan_read_barrier(dg_lan *l, dg_lan_done_fn cb, void *arg);
+
+/* ---- membership (LAN gossip) ---- */
+
+/* GET /v1/agent/members: the members in Consul's Member shape; a new array. */
+json_t *dg_lan_members(dg_lan *l);
+/* Joins the LAN pool through addr ("host" or "host:port"). 0 (cb called once) or an error. */
+int dg_lan_join(dg_lan *l, const char *addr, dg_lan_done_fn cb, void *arg);
+/* force-leave: a failed member becomes left. DG_ENOTFOUND, DG_EINVAL (not failed: ignored as
+ * Consul does), or 0. Runs on the loop; cb gets the outcome. */
+int dg_lan_force_leave(dg_lan *l, const char *name, dg_lan_done_fn cb, void *arg);
+/* Graceful leave: announces it and waits (bounded) until others heard it. Blocks the caller
+ * (the main thread at shutdown). */
+void dg_lan_leave(dg_lan *l, unsigned timeout_ms);
+
+/* ---- raft ---- */
+
+/* {"Servers":[{"ID","Node","Address","Leader","Voter","ProtocolVersion"}],"Index":n}; new. */
+json_t *dg_lan_raft_configuration(dg_lan *l);
+/* Removes a server from raft by ID (node ID) or address (ip:port), through the leader. */
+int dg_lan_remove_peer(dg_lan *l, const char *id, const char *address, dg_lan_done_fn cb,
+		       void *arg);
 
 /* Asks the agent to leave: stops serving and makes dg_lan_wait_stop() return. */
 void dg_lan_request_stop(dg_lan *l);

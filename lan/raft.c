@@ -17,6 +17,11 @@
 
 #define LAN "lan"
 
+/* libraft waits a random time between this and twice this for a leader before it stands for
+ * election: loopback and LAN round trips are well under a millisecond, and a failed leader is
+ * replaced within about two of these. */
+#define RAFT_ELECTION_MS 500
+
 /* libraft 0.15 takes an open segment whose entry sizes are not multiples of 8 for corrupt at the
  * next start and truncates it, losing committed entries: pad every entry to 8 bytes. JSON ignores
  * the trailing spaces. */
@@ -39,6 +44,9 @@ static int encode_entry(json_t *cmd, struct raft_buffer *buf)
 	buf->len = padded;
 	return 0;
 }
+
+static void read_waiters_check(dg_lan *l, uint64_t applied, bool cancel);
+static void answer_write(void *arg, int status, json_t *result, uint64_t index);
 
 /* ---- FSM ---- */
 
@@ -70,6 +78,8 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
 	dg_cat_changes_free(ch, n);
 	l->unclaimed_result = res;
 	*result = res;
+	if (l->read_waiters)
+		read_waiters_check(l, index, false);
 	return 0; /* a command that fails validation is still applied: as a no-op */
 }
 
@@ -132,7 +142,9 @@ static void apply_cb(struct raft_apply *req, int status, void *result)
 		if (res && res == l->unclaimed_result)
 			l->unclaimed_result = NULL;
 	}
-	if (w->cb)
+	if (w->forwarded)
+		answer_write(w->arg, status == 0 ? 0 : DG_ENOLEADER, res, w->apply.index);
+	else if (w->cb)
 		w->cb(w->arg, status == 0 ? 0 : DG_ENOLEADER, res);
 	else
 		json_decref(res);
@@ -140,15 +152,141 @@ static void apply_cb(struct raft_apply *req, int status, void *result)
 	free(w);
 }
 
+static void write_fail(dg_lan *l, struct write_req *w, int rv)
+{
+	pthread_mutex_lock(&l->mu);
+	l->stats.writes_rejected++;
+	pthread_mutex_unlock(&l->mu);
+	if (w->forwarded)
+		answer_write(w->arg, rv, NULL, 0);
+	else if (w->cb)
+		w->cb(w->arg, rv, NULL);
+	json_decref(w->cmd);
+	free(w);
+}
+
+static void hold(dg_lan *l, struct write_req *w);
+static void write_done(struct write_req *w);
+static int wait_applied(dg_lan *l, struct write_req *w);
+
+/* A forwarded write's answer, back on the loop thread. DG_EBUSY from the leader means it was not
+ * the leader and proposed nothing: the write is held and sent again to the next leader. */
+static void forward_answer(dg_lan *l, void *arg, bool cancelled)
+{
+	struct write_req *w = arg;
+	if (cancelled) {
+		json_decref(w->result);
+		w->result = NULL;
+		w->status = DG_ESHUTDOWN;
+	}
+	if (w->status == DG_EBUSY && !cancelled) {
+		json_decref(w->result);
+		w->result = NULL;
+		hold(l, w);
+		return;
+	}
+	/* read-your-writes on this server too: answer once it has applied the write itself */
+	if (!cancelled && w->status == 0 && l->raft_started &&
+	    w->applied_index > raft_last_applied(&l->raft) && wait_applied(l, w) == 0)
+		return;
+	write_done(w);
+}
+
+static void write_done(struct write_req *w)
+{
+	if (w->cb)
+		w->cb(w->arg, w->status, w->result);
+	else
+		json_decref(w->result);
+	json_decref(w->cmd);
+	free(w);
+}
+
+static void forward_done(void *arg, int err, const uint8_t *buf, size_t len)
+{
+	struct write_req *w = arg;
+	w->status = err;
+	w->result = NULL;
+	if (err == 0) {
+		json_t *ans = NULL;
+		if (len > 1 && buf[0] == DG_RPC_WRITE_REPLY)
+			ans = json_loadb((const char *)buf + 1, len - 1, 0, NULL);
+		json_t *st = json_object_get(ans, "Status");
+		if (!json_is_integer(st)) {
+			w->status = DG_EIO;
+		} else {
+			w->status = (int)json_integer_value(st);
+			w->applied_index = (uint64_t)json_integer_value(json_object_get(ans, "Index"));
+			w->result = json_incref(json_object_get(ans, "Result"));
+			if (json_is_null(w->result)) {
+				json_decref(w->result);
+				w->result = NULL;
+			}
+		}
+		json_decref(ans);
+	}
+	if (dg__lan_post(w->lan, forward_answer, w) != 0) {
+		/* the loop is gone: answer here (write callbacks are safe on any thread) */
+		if (w->cb)
+			w->cb(w->arg, DG_ESHUTDOWN, NULL);
+		json_decref(w->result);
+		json_decref(w->cmd);
+		free(w);
+	}
+}
+
+/* Sends a write to the leader's 8301: it proposes it and answers with its result. */
+static void forward(dg_lan *l, struct write_req *w)
+{
+	char *text = json_dumps(w->cmd, JSON_COMPACT);
+	struct dg_buf b;
+	int rv = DG_ENOMEM;
+	dg_buf_init(&b);
+	if (text && dg_buf_append(&b, (uint8_t[]){DG_RPC_WRITE}, 1) == 0 &&
+	    dg_buf_append(&b, text, strlen(text)) == 0)
+		rv = dg__rpc_call(l, l->leader_rpc, b.data, b.len, DG_RPC_WRITE_TIMEOUT_MS,
+				  forward_done, w);
+	free(text);
+	dg_buf_fini(&b);
+	if (rv != 0)
+		write_fail(l, w, rv);
+}
+
+static void hold(dg_lan *l, struct write_req *w)
+{
+	/* held too long already (it went to a leader that had stepped down): no more */
+	if (w->hold_until_ms && dg_now_ms() >= w->hold_until_ms) {
+		write_fail(l, w, DG_ENOLEADER);
+		return;
+	}
+	if (!w->hold_until_ms)
+		w->hold_until_ms = dg_now_ms() + DG_LEADER_HOLD_MS;
+	w->next = NULL;
+	if (l->held_tail)
+		l->held_tail->next = w;
+	else
+		l->held = w;
+	l->held_tail = w;
+}
+
 static void submit(dg_lan *l, struct write_req *w)
 {
 	struct raft_buffer buf;
 	int rv;
-	if (raft_state(&l->raft) != RAFT_LEADER) {
-		rv = DG_ENOLEADER;
-		goto fail;
+	if (!w->forwarded && !w->hold_until_ms)
+		dg__agent_before_write(l, w->cmd);
+	if (!l->raft_started || raft_state(&l->raft) != RAFT_LEADER) {
+		if (w->forwarded) {
+			/* leadership moved while it travelled: the sender holds and retries */
+			write_fail(l, w, DG_EBUSY);
+			return;
+		}
+		if (l->leader_rpc[0])
+			forward(l, w);
+		else
+			hold(l, w);
+		return;
 	}
-	dg__agent_before_write(l, w->cmd);
 	if ((rv = encode_entry(w->cmd, &buf)) != 0)
 		goto fail;
 	w->apply.data = w;
@@ -159,13 +297,165 @@ static void submit(dg_lan *l, struct write_req *w)
 	}
 	return;
 fail:
+	write_fail(l, w, rv);
+}
+
+/* Writes held while no leader was known: sent once one is, failed once held too long. */
+static void release_held(dg_lan *l, uint64_t now)
+{
+	struct write_req *w = l->held, *keep = NULL, *keep_tail = NULL;
+	bool leader = l->raft_started && raft_state(&l->raft) == RAFT_LEADER;
+	l->held = l->held_tail = NULL;
+	while (w) {
+		struct write_req *next = w->next;
+		w->next = NULL;
+		if (leader || l->leader_rpc[0]) {
+			submit(l, w);
+		} else if (now >= w->hold_until_ms) {
+			write_fail(l, w, DG_ENOLEADER);
+		} else {
+			if (keep_tail)
+				keep_tail->next = w;
+			else
+				keep = w;
+			keep_tail = w;
+		}
+		w = next;
+	}
+	/* submit may have held some again: they go after those kept */
+	if (keep) {
+		keep_tail->next = l->held;
+		l->held = keep;
+		if (!l->held_tail)
+			l->held_tail = keep_tail;
+	}
+}
+
+/* ---- requests from other agents on 8301 ---- */
+
+/* The answer to a write another server forwarded: its status, result and the raft index it was
+ * applied at, which the sender waits to have applied itself before it answers its client. */
+static void answer_write(void *arg, int status, json_t *result, uint64_t index)
+{
+	struct rpc_in *in = arg;
+	json_t *ans = json_pack("{s:i, s:O?, s:I}", "Status", status, "Result", result, "Index",
+				(json_int_t)index);
+	char *text = ans ? json_dumps(ans, JSON_COMPACT) : NULL;
+	struct dg_buf b;
+	dg_buf_init(&b);
+	if (text && dg_buf_append(&b, (uint8_t[]){DG_RPC_WRITE_REPLY}, 1) == 0 &&
+	    dg_buf_append(&b, text, strlen(text)) == 0)
+		dg__rpc_reply(in, b.data, b.len);
+	else
+		dg__rpc_reply(in, NULL, 0);
+	dg_buf_fini(&b);
+	free(text);
+	json_decref(ans);
+	json_decref(result);
+}
+
+static void serve_raft_change(dg_lan *l, struct rpc_in *in, json_t *req);
+
+static void answer_json(struct rpc_in *in, json_t *ans)
+{
+	char *text = ans ? json_dumps(ans, JSON_COMPACT) : NULL;
+	struct dg_buf b;
+	dg_buf_init(&b);
+	if (text && dg_buf_append(&b, (uint8_t[]){DG_RPC_WRITE_REPLY}, 1) == 0 &&
+	    dg_buf_append(&b, text, strlen(text)) == 0)
+		dg__rpc_reply(in, b.data, b.len);
+	else
+		dg__rpc_reply(in, NULL, 0);
+	dg_buf_fini(&b);
+	free(text);
+	json_decref(ans);
+}
+
+static void handle_rpc(dg_lan *l, void *arg, bool cancelled)
+{
+	struct rpc_in *in = arg;
+	size_t len;
+	const uint8_t *buf = dg__rpc_request(in, &len);
+	if (cancelled || len == 0) {
+		dg__rpc_reply(in, NULL, 0);
+		return;
+	}
+	if (buf[0] == DG_GOSSIP_MAGIC || buf[0] == DG_GOSSIP_SEALED) {
+		dg__members_stream(l, in, buf, len);
+		return;
+	}
+	if (buf[0] == DG_RPC_READ_INDEX) {
+		bool leader = l->raft_started && raft_state(&l->raft) == RAFT_LEADER;
+		answer_json(in, leader ? json_pack("{s:i, s:I}", "Status", 0, "Index",
+						   (json_int_t)raft_last_applied(&l->raft))
+				       : json_pack("{s:i}", "Status", DG_EBUSY));
+		return;
+	}
+	json_t *req = NULL;
+	if ((buf[0] == DG_RPC_WRITE || buf[0] == DG_RPC_RAFT) && l->cfg.server)
+		req = json_loadb((const char *)buf + 1, len - 1, JSON_REJECT_DUPLICATES, NULL);
+	if (!json_is_object(req)) {
+		json_decref(req);
+		dg__rpc_reply(in, NULL, 0);
+		return;
+	}
+	if (buf[0] == DG_RPC_RAFT) {
+		serve_raft_change(l, in, req);
+		return;
+	}
+	struct write_req *w = calloc(1, sizeof(*w));
+	if (!w) {
+		json_decref(req);
+		answer_write(in, DG_ENOMEM, NULL, 0);
+		return;
+	}
+	w->lan = l;
+	w->cmd = req;
+	w->arg = in;
+	w->forwarded = true;
+	submit(l, w);
+}
+
+int dg__lan_post(dg_lan *l, void (*fn)(dg_lan *l, void *arg, bool cancelled), void *arg)
+{
+	struct loop_task *t = calloc(1, sizeof(*t));
+	if (!t)
+		return DG_ENOMEM;
+	t->fn = fn;
+	t->arg = arg;
 	pthread_mutex_lock(&l->mu);
-	l->stats.writes_rejected++;
+	if (l->stopping || !l->loop_running) {
+		pthread_mutex_unlock(&l->mu);
+		free(t);
+		return DG_ESHUTDOWN;
+	}
+	if (l->tasks_tail)
+		l->tasks_tail->next = t;
+	else
+		l->tasks = t;
+	l->tasks_tail = t;
 	pthread_mutex_unlock(&l->mu);
-	if (w->cb)
-		w->cb(w->arg, rv, NULL);
-	json_decref(w->cmd);
-	free(w);
+	uv_async_send(&l->wake);
+	return 0;
+}
+
+int dg__lan_post_rpc(dg_lan *l, struct rpc_in *in)
+{
+	return dg__lan_post(l, handle_rpc, in);
+}
+
+static void run_tasks(dg_lan *l, bool cancelled)
+{
+	pthread_mutex_lock(&l->mu);
+	struct loop_task *t = l->tasks;
+	l->tasks = l->tasks_tail = NULL;
+	pthread_mutex_unlock(&l->mu);
+	while (t) {
+		struct loop_task *next = t->next;
+		t->fn(l, t->arg, cancelled);
+		free(t);
+		t = next;
+	}
 }
 
 int dg_lan_write(dg_lan *l, json_t *cmd, dg_lan_write_cb cb, void *arg)
@@ -197,6 +487,23 @@ int dg_lan_write(dg_lan *l, json_t *cmd, dg_lan_write_cb cb, void *arg)
 	return 0;
 }
 
+void dg__lan_write_loop(dg_lan *l, json_t *cmd, dg_lan_write_cb cb, void *arg)
+{
+	struct write_req *w = calloc(1, sizeof(*w));
+	if (!w) {
+		json_decref(cmd);
+		if (cb)
+			cb(arg, DG_ENOMEM, NULL);
+		return;
+	}
+	json_object_set_new(cmd, "Now", json_integer(dg_wall_ns()));
+	w->lan = l;
+	w->cmd = cmd;
+	w->cb = cb;
+	w->arg = arg;
+	submit(l, w);
+}
+
 void dg__lan_write_local(dg_lan *l, json_t *cmd)
 {
 	struct write_req *w = calloc(1, sizeof(*w));
@@ -208,6 +515,116 @@ void dg__lan_write_local(dg_lan *l, json_t *cmd)
 	w->lan = l;
 	w->cmd = cmd;
 	submit(l, w);
+}
+
+/* ---- reads on followers ---- */
+
+struct read_waiter {
+	dg_lan *lan;
+	uint64_t index;
+	dg_lan_done_fn cb;    /* a read barrier's, or NULL for ... */
+	struct write_req *w;  /* ... a forwarded write answered once applied here */
+	void *arg;
+	int err;
+	struct read_waiter *next;
+};
+
+static int wait_applied(dg_lan *l, struct write_req *w)
+{
+	struct read_waiter *rw = calloc(1, sizeof(*rw));
+	if (!rw)
+		return DG_ENOMEM;
+	rw->lan = l;
+	rw->index = w->applied_index;
+	rw->w = w;
+	rw->next = l->read_waiters;
+	l->read_waiters = rw;
+	return 0;
+}
+
+static void read_waiters_check(dg_lan *l, uint64_t applied, bool cancel)
+{
+	struct read_waiter **pp = &l->read_waiters;
+	while (*pp) {
+		struct read_waiter *w = *pp;
+		if (!cancel && w->index > applied) {
+			pp = &w->next;
+			continue;
+		}
+		*pp = w->next;
+		if (w->w)
+			write_done(w->w); /* the write was applied on the leader: it succeeded */
+		else
+			w->cb(w->arg, cancel ? DG_ESHUTDOWN : 0, NULL);
+		free(w);
+	}
+}
+
+static void read_index_task(dg_lan *l, void *arg, bool cancelled)
+{
+	struct read_waiter *w = arg;
+	if (cancelled || w->err) {
+		int err = cancelled ? DG_ESHUTDOWN : w->err;
+		w->cb(w->arg, err, dg_strerror(err));
+		free(w);
+		return;
+	}
+	w->next = l->read_waiters;
+	l->read_waiters = w;
+	read_waiters_check(l, raft_last_applied(&l->raft), false);
+}
+
+static void read_index_done(void *arg, int err, const uint8_t *buf, size_t len)
+{
+	struct read_waiter *w = arg;
+	w->err = err ? DG_ENOLEADER : 0;
+	if (!err) {
+		json_t *ans = len > 1 && buf[0] == DG_RPC_WRITE_REPLY
+				      ? json_loadb((const char *)buf + 1, len - 1, 0, NULL)
+				      : NULL;
+		json_t *idx = json_object_get(ans, "Index");
+		if (json_integer_value(json_object_get(ans, "Status")) != 0 || !json_is_integer(idx))
+			w->err = DG_ENOLEADER;
+		else
+			w->index = (uint64_t)json_integer_value(idx);
+		json_decref(ans);
+	}
+	if (dg__lan_post(w->lan, read_index_task, w) != 0) {
+		w->cb(w->arg, DG_ESHUTDOWN, NULL);
+		free(w);
+	}
+}
+
+static void read_barrier_run(dg_lan *l, void *arg, bool cancelled)
+{
+	struct read_waiter *w = arg;
+	bool leader = l->raft_started && raft_state(&l->raft) == RAFT_LEADER;
+	int rv = cancelled ? DG_ESHUTDOWN : 0;
+	if (!cancelled && !leader) {
+		uint8_t q = DG_RPC_READ_INDEX;
+		rv = l->leader_rpc[0] ? dg__rpc_call(l, l->leader_rpc, &q, 1, DG_RPC_WRITE_TIMEOUT_MS,
+						     read_index_done, w)
+				      : DG_ENOLEADER;
+		if (rv == 0)
+			return;
+		rv = DG_ENOLEADER;
+	}
+	w->cb(w->arg, rv, rv ? dg_strerror(rv) : NULL);
+	free(w);
+}
+
+int dg_lan_read_barrier(dg_lan *l, dg_lan_done_fn cb, void *arg)
+{
+	struct read_waiter *w = calloc(1, sizeof(*w));
+	if (!w)
+		return DG_ENOMEM;
+	w->lan = l;
+	w->cb = cb;
+	w->arg = arg;
+	int rv = dg__lan_post(l, read_barrier_run, w);
+	if (rv != 0)
+		free(w);
+	return rv;
 }
 
 /* ---- loop ---- */
@@ -241,7 +658,17 @@ static void begin_stop(dg_lan *l)
 		free(w);
 		w = next;
 	}
+	w = l->held;
+	l->held = l->held_tail = NULL;
+	while (w) {
+		struct write_req *next = w->next;
+		write_fail(l, w, DG_ESHUTDOWN);
+		w = next;
+	}
+	run_tasks(l, true);
+	read_waiters_check(l, 0, true);
 	uv_timer_stop(&l->tick);
+	dg__members_stop(l);
 	dg__agent_free(l);
 	if (l->raft_started)
 		raft_close(&l->raft, on_raft_closed);
@@ -265,6 +692,7 @@ static void wake_cb(uv_async_t *h)
 			begin_stop(l);
 		return;
 	}
+	run_tasks(l, false);
 	while (w) {
 		struct write_req *next = w->next;
 		w->next = NULL;
@@ -273,18 +701,191 @@ static void wake_cb(uv_async_t *h)
 	}
 }
 
+/* ---- raft membership ---- */
+
+uint64_t dg__raft_id_of(const char *node_id)
+{
+	uint64_t id = 0;
+	int digits = 0;
+	for (const char *p = node_id; *p && digits < 16; p++) {
+		int v = *p >= '0' && *p <= '9'	 ? *p - '0'
+			: *p >= 'a' && *p <= 'f' ? *p - 'a' + 10
+			: *p >= 'A' && *p <= 'F' ? *p - 'A' + 10
+						 : -1;
+		if (v < 0)
+			continue;
+		id = id << 4 | (uint64_t)v;
+		digits++;
+	}
+	return id ? id : 1;
+}
+
+static void change_cb(struct raft_change *req, int status)
+{
+	dg_lan *l = req->data;
+	if (status != 0)
+		DG_LOGW(LAN, "raft configuration change failed: %s", raft_strerror(status));
+	l->change_busy = false;
+	l->next_conf_ms = 0;
+}
+
+static const struct raft_server *conf_find(dg_lan *l, raft_id id)
+{
+	for (unsigned i = 0; i < l->raft.configuration.n; i++)
+		if (l->raft.configuration.servers[i].id == id)
+			return &l->raft.configuration.servers[i];
+	return NULL;
+}
+
+/* The leader keeps raft's configuration in line with gossip, one change at a time: an alive
+ * server of this DC that raft lacks is added (then made a voter once it has caught up); a
+ * server that left, or was failed long enough to be reaped, is removed. */
+static void leader_conf(dg_lan *l, uint64_t now)
+{
+	struct dg__server srv[64];
+	if (l->change_busy || now < l->next_conf_ms)
+		return;
+	l->next_conf_ms = now + 500;
+	size_t n = dg__members_servers(l, srv, 64);
+	l->change.data = l;
+	for (size_t i = 0; i < n; i++) {
+		const struct raft_server *cs = conf_find(l, srv[i].raft_id);
+		int rv = 0;
+		const char *what = NULL;
+		if (srv[i].status == DG_GOSSIP_ALIVE_ST && !cs) {
+			what = "adding";
+			rv = raft_add(&l->raft, &l->change, srv[i].raft_id, srv[i].raft_addr,
+				      change_cb);
+		} else if (srv[i].status == DG_GOSSIP_ALIVE_ST && cs->role != RAFT_VOTER) {
+			what = "promoting to voter";
+			rv = raft_assign(&l->raft, &l->change, srv[i].raft_id, RAFT_VOTER,
+					 change_cb);
+		} else if (srv[i].status == DG_GOSSIP_LEFT && cs && cs->id != l->raft_id) {
+			what = "removing (left)";
+			rv = raft_remove(&l->raft, &l->change, srv[i].raft_id, change_cb);
+		} else {
+			continue;
+		}
+		if (rv == 0) {
+			l->change_busy = true;
+			DG_LOGI(LAN, "raft: %s server %s (%s)", what, srv[i].name, srv[i].raft_addr);
+		} else {
+			DG_LOGW(LAN, "raft: %s server %s: %s", what, srv[i].name, raft_strerror(rv));
+		}
+		return;
+	}
+	for (unsigned i = 0; i < l->raft.configuration.n; i++) {
+		const struct raft_server *cs = &l->raft.configuration.servers[i];
+		if (cs->id == l->raft_id || !dg__members_server_reaped(l, cs->address))
+			continue;
+		char addr[96];
+		snprintf(addr, sizeof(addr), "%s", cs->address);
+		if (raft_remove(&l->raft, &l->change, cs->id, change_cb) == 0) {
+			l->change_busy = true;
+			DG_LOGI(LAN, "raft: removing server %s (failed, reaped)", addr);
+			dg__members_server_forget(l, addr);
+		}
+		return;
+	}
+}
+
+static int bootstrap_and_start(dg_lan *l, const struct dg__server *srv, size_t n);
+
+/* Before raft starts with -bootstrap-expect N: once N servers of this DC expecting N are alive
+ * in gossip and none of them has raft state yet, all of them bootstrap the same configuration.
+ * A server that finds one with state joins that cluster instead (the leader adds it). */
+static void try_bootstrap(dg_lan *l)
+{
+	struct dg__server srv[64], pick[64];
+	size_t n = dg__members_servers(l, srv, 64), k = 0;
+	int rv;
+	for (size_t i = 0; i < n; i++) {
+		if (srv[i].status != DG_GOSSIP_ALIVE_ST)
+			continue;
+		if (srv[i].bootstrapped) {
+			DG_LOGI(LAN, "raft: server %s has raft state; waiting to be added to its "
+				     "cluster instead of bootstrapping",
+				srv[i].name);
+			l->bootstrap_pending = false;
+			if ((rv = raft_start(&l->raft)) != 0)
+				DG_LOGE(LAN, "raft: cannot start: %s", raft_strerror(rv));
+			else
+				l->raft_started = true;
+			return;
+		}
+		if (srv[i].expect == l->cfg.bootstrap_expect)
+			pick[k++] = srv[i];
+	}
+	if (k < (size_t)l->cfg.bootstrap_expect)
+		return;
+	l->bootstrap_pending = false;
+	if (bootstrap_and_start(l, pick, k) != 0)
+		DG_LOGE(LAN, "raft: bootstrap failed: %s", l->start_msg);
+}
+
+static void publish_raft(dg_lan *l, const char *leader_addr)
+{
+	json_t *servers = json_array();
+	for (unsigned i = 0; l->raft_started && i < l->raft.configuration.n; i++) {
+		const struct raft_server *cs = &l->raft.configuration.servers[i];
+		const char *name = dg__members_name_of(l, cs->address);
+		char id[40];
+		struct dg__server srv[64];
+		size_t n = dg__members_servers(l, srv, 64);
+		snprintf(id, sizeof(id), "%016llx", (unsigned long long)cs->id);
+		for (size_t k = 0; k < n; k++)
+			if (srv[k].raft_id == cs->id)
+				snprintf(id, sizeof(id), "%s", srv[k].id);
+		if (cs->id == l->raft_id) {
+			snprintf(id, sizeof(id), "%s", l->node_id);
+			name = l->cfg.node;
+		}
+		json_array_append_new(
+			servers,
+			json_pack("{s:s, s:s, s:s, s:b, s:b, s:s}", "ID", id, "Node",
+				  name ? name : cs->address, "Address", cs->address, "Leader",
+				  leader_addr && strcmp(leader_addr, cs->address) == 0, "Voter",
+				  cs->role == RAFT_VOTER, "ProtocolVersion", "3"));
+	}
+	json_t *conf = json_pack("{s:o, s:I}", "Servers", servers, "Index",
+				 (json_int_t)(l->raft_started ? l->raft.configuration_index : 0));
+	pthread_mutex_lock(&l->mu);
+	json_t *old = l->raft_json;
+	l->raft_json = conf;
+	pthread_mutex_unlock(&l->mu);
+	json_decref(old);
+}
+
 static void tick_cb(uv_timer_t *t)
 {
 	dg_lan *l = t->data;
 	raft_id id;
 	const char *addr = NULL;
-	bool leader = raft_state(&l->raft) == RAFT_LEADER;
-	raft_leader(&l->raft, &id, &addr);
+	uint64_t now = dg_now_ms();
+	if (l->bootstrap_pending)
+		try_bootstrap(l);
+	bool leader = l->raft_started && raft_state(&l->raft) == RAFT_LEADER;
+	if (l->raft_started)
+		raft_leader(&l->raft, &id, &addr);
+	uint64_t contact = 0;
+	if (!leader && l->raft_started) {
+		raft_time rnow = l->raft.io->time(l->raft.io);
+		contact = rnow > l->raft.election_timer_start ? rnow - l->raft.election_timer_start
+							      : 0;
+		/* libraft keeps naming the last leader while it has no configuration yet (a server
+		 * waiting for its first entries never stands for election): a leader not heard from
+		 * for two election timeouts is not known */
+		if (contact > 2 * RAFT_ELECTION_MS)
+			addr = NULL;
+	}	/* a follower forwards to the leader's 8301, which gossip tells */
+	l->leader_rpc[0] = 0;
+	if (addr && !leader && !dg__members_rpc_of(l, addr, l->leader_rpc, sizeof(l->leader_rpc)))
+		l->leader_rpc[0] = 0;
+
 	pthread_mutex_lock(&l->mu);
 	l->leader_known = addr != NULL;
 	snprintf(l->leader, sizeof(l->leader), "%s", addr ? addr : "");
-	if (addr)
-		l->last_contact_ms = 0;
+	l->last_contact_ms = contact;
 	pthread_mutex_unlock(&l->mu);
 	__atomic_store_n(&l->is_leader, leader, __ATOMIC_RELEASE);
 	if (leader && !l->was_leader) {
@@ -295,7 +896,231 @@ static void tick_cb(uv_timer_t *t)
 		DG_LOGW(LAN, "cluster leadership lost");
 	}
 	l->was_leader = leader;
+	if (l->raft_started && l->raft.configuration.n > 0)
+		dg__members_set_bootstrapped(l);
+	if (leader)
+		leader_conf(l, now);
+	if (l->held)
+		release_held(l, now);
+	if (l->read_waiters)
+		read_waiters_check(l, raft_last_applied(&l->raft), false);
+	publish_raft(l, addr);
 	dg__agent_tick(l);
+}
+
+/* ---- operator raft remove-peer ---- */
+
+struct peer_change {
+	dg_lan *lan;
+	bool renew; /* a session renew for the leader's TTL timers, not a raft change */
+	char id[64];
+	char address[96];
+	dg_lan_done_fn cb;
+	void *arg;
+	struct rpc_in *in; /* when another server asked */
+	struct raft_change change;
+	int err;
+	char msg[160];
+};
+
+static void peer_change_finish(dg_lan *l, struct peer_change *pc)
+{
+	(void)l;
+	if (pc->in) {
+		json_t *ans = json_pack("{s:i, s:s}", "Status", pc->err, "Error", pc->msg);
+		char *text = ans ? json_dumps(ans, JSON_COMPACT) : NULL;
+		struct dg_buf b;
+		dg_buf_init(&b);
+		if (text && dg_buf_append(&b, (uint8_t[]){DG_RPC_WRITE_REPLY}, 1) == 0 &&
+		    dg_buf_append(&b, text, strlen(text)) == 0)
+			dg__rpc_reply(pc->in, b.data, b.len);
+		else
+			dg__rpc_reply(pc->in, NULL, 0);
+		dg_buf_fini(&b);
+		free(text);
+		json_decref(ans);
+	} else if (pc->cb) {
+		pc->cb(pc->arg, pc->err, pc->err ? pc->msg : NULL);
+	}
+	free(pc);
+}
+
+static void remove_done(struct raft_change *req, int status)
+{
+	struct peer_change *pc = req->data;
+	dg_lan *l = pc->lan;
+	l->change_busy = false;
+	if (status != 0) {
+		pc->err = DG_EIO;
+		snprintf(pc->msg, sizeof(pc->msg), "raft: %s", raft_strerror(status));
+	}
+	peer_change_finish(l, pc);
+}
+
+static void peer_remove_forwarded(void *arg, int err, const uint8_t *buf, size_t len);
+
+static void peer_remove_run(dg_lan *l, struct peer_change *pc)
+{
+	raft_id target = 0;
+	if (pc->renew && l->raft_started && raft_state(&l->raft) == RAFT_LEADER) {
+		pc->err = dg_lan_session_renew(l, pc->id);
+		if (pc->err)
+			snprintf(pc->msg, sizeof(pc->msg), "Session id '%s' not found", pc->id);
+		peer_change_finish(l, pc);
+		return;
+	}
+	for (unsigned i = 0; l->raft_started && i < l->raft.configuration.n; i++) {
+		const struct raft_server *cs = &l->raft.configuration.servers[i];
+		if ((*pc->address && strcmp(cs->address, pc->address) == 0) ||
+		    (*pc->id && (dg__raft_id_of(pc->id) == cs->id)))
+			target = cs->id;
+	}
+	bool leader = l->raft_started && raft_state(&l->raft) == RAFT_LEADER;
+	if (!leader && !pc->in && l->leader_rpc[0]) {
+		json_t *req = json_pack("{s:s, s:s, s:s}", "Op",
+					pc->renew ? "session_renew" : "remove_peer", "ID", pc->id,
+					"Address", pc->address);
+		char *text = req ? json_dumps(req, JSON_COMPACT) : NULL;
+		struct dg_buf b;
+		int rv = DG_ENOMEM;
+		dg_buf_init(&b);
+		if (text && dg_buf_append(&b, (uint8_t[]){DG_RPC_RAFT}, 1) == 0 &&
+		    dg_buf_append(&b, text, strlen(text)) == 0)
+			rv = dg__rpc_call(l, l->leader_rpc, b.data, b.len, DG_RPC_WRITE_TIMEOUT_MS,
+					  peer_remove_forwarded, pc);
+		dg_buf_fini(&b);
+		free(text);
+		json_decref(req);
+		if (rv == 0)
+			return;
+		pc->err = rv;
+		snprintf(pc->msg, sizeof(pc->msg), "%s", dg_strerror(rv));
+	} else if (!leader) {
+		pc->err = DG_ENOLEADER;
+		snprintf(pc->msg, sizeof(pc->msg), "No cluster leader");
+	} else if (!target) {
+		pc->err = DG_ENOTFOUND;
+		if (*pc->address)
+			snprintf(pc->msg, sizeof(pc->msg), "address \"%s\" was not found in the Raft "
+				 "configuration", pc->address);
+		else
+			snprintf(pc->msg, sizeof(pc->msg), "id \"%s\" was not found in the Raft "
+				 "configuration", pc->id);
+	} else if (l->change_busy) {
+		pc->err = DG_EBUSY;
+		snprintf(pc->msg, sizeof(pc->msg), "a raft configuration change is in progress");
+	} else {
+		pc->change.data = pc;
+		int rv = raft_remove(&l->raft, &pc->change, target, remove_done);
+		if (rv == 0) {
+			l->change_busy = true;
+			DG_LOGI(LAN, "raft: removing peer %016llx on request",
+				(unsigned long long)target);
+			return;
+		}
+		pc->err = DG_EIO;
+		snprintf(pc->msg, sizeof(pc->msg), "raft: %s", raft_strerror(rv));
+	}
+	peer_change_finish(l, pc);
+}
+
+static void peer_remove_answer(dg_lan *l, void *arg, bool cancelled)
+{
+	struct peer_change *pc = arg;
+	if (cancelled) {
+		pc->err = DG_ESHUTDOWN;
+		snprintf(pc->msg, sizeof(pc->msg), "shutting down");
+	}
+	peer_change_finish(l, pc);
+}
+
+static void peer_remove_forwarded(void *arg, int err, const uint8_t *buf, size_t len)
+{
+	struct peer_change *pc = arg;
+	pc->err = err;
+	if (err == 0) {
+		json_t *ans = len > 1 && buf[0] == DG_RPC_WRITE_REPLY
+				      ? json_loadb((const char *)buf + 1, len - 1, 0, NULL)
+				      : NULL;
+		json_t *st = json_object_get(ans, "Status");
+		pc->err = json_is_integer(st) ? (int)json_integer_value(st) : DG_EIO;
+		const char *m = json_string_value(json_object_get(ans, "Error"));
+		snprintf(pc->msg, sizeof(pc->msg), "%s", m ? m : dg_strerror(pc->err));
+		json_decref(ans);
+	} else {
+		snprintf(pc->msg, sizeof(pc->msg), "%s", dg_strerror(err));
+	}
+	if (dg__lan_post(pc->lan, peer_remove_answer, pc) != 0) {
+		if (pc->cb)
+			pc->cb(pc->arg, DG_ESHUTDOWN, "shutting down");
+		free(pc);
+	}
+}
+
+static void serve_raft_change(dg_lan *l, struct rpc_in *in, json_t *req)
+{
+	struct peer_change *pc = calloc(1, sizeof(*pc));
+	const char *op = json_string_value(json_object_get(req, "Op"));
+	if (!pc || !op || (strcmp(op, "remove_peer") != 0 && strcmp(op, "session_renew") != 0)) {
+		free(pc);
+		json_decref(req);
+		dg__rpc_reply(in, NULL, 0);
+		return;
+	}
+	pc->lan = l;
+	pc->in = in;
+	pc->renew = strcmp(op, "session_renew") == 0;
+	const char *id = json_string_value(json_object_get(req, "ID"));
+	const char *addr = json_string_value(json_object_get(req, "Address"));
+	snprintf(pc->id, sizeof(pc->id), "%s", id ? id : "");
+	snprintf(pc->address, sizeof(pc->address), "%s", addr ? addr : "");
+	json_decref(req);
+	peer_remove_run(l, pc);
+}
+
+static void peer_remove_task(dg_lan *l, void *arg, bool cancelled)
+{
+	struct peer_change *pc = arg;
+	if (cancelled) {
+		pc->err = DG_ESHUTDOWN;
+		snprintf(pc->msg, sizeof(pc->msg), "shutting down");
+		peer_change_finish(l, pc);
+		return;
+	}
+	peer_remove_run(l, pc);
+}
+
+int dg_lan_session_renew_at_leader(dg_lan *l, const char *id, dg_lan_done_fn cb, void *arg)
+{
+	struct peer_change *pc = calloc(1, sizeof(*pc));
+	if (!pc)
+		return DG_ENOMEM;
+	pc->lan = l;
+	pc->renew = true;
+	snprintf(pc->id, sizeof(pc->id), "%s", id);
+	pc->cb = cb;
+	pc->arg = arg;
+	int rv = dg__lan_post(l, peer_remove_task, pc);
+	if (rv != 0)
+		free(pc);
+	return rv;
+}
+
+int dg_lan_remove_peer(dg_lan *l, const char *id, const char *address, dg_lan_done_fn cb,
+		       void *arg)
+{
+	struct peer_change *pc = calloc(1, sizeof(*pc));
+	if (!pc)
+		return DG_ENOMEM;
+	pc->lan = l;
+	snprintf(pc->id, sizeof(pc->id), "%s", id ? id : "");
+	snprintf(pc->address, sizeof(pc->address), "%s", address ? address : "");
+	pc->cb = cb;
+	pc->arg = arg;
+	int rv = dg__lan_post(l, peer_remove_task, pc);
+	if (rv != 0)
+		free(pc);
+	return rv;
 }
 
 static int make_dir(const char *path)
@@ -315,6 +1140,72 @@ static int make_dir(const char *path)
 	if (mkdir(tmp, 0700) != 0 && errno != EEXIST)
 		return DG_EIO;
 	return 0;
+}
+
+/* Whether libraft has written anything in dir (its metadata files): then it starts from there
+ * and must not be bootstrapped again. */
+static bool has_raft_state(const char *dir)
+{
+	char path[PATH_MAX + 16];
+	struct stat st;
+	for (int i = 1; i <= 2; i++) {
+		snprintf(path, sizeof(path), "%s/metadata%d", dir, i);
+		if (stat(path, &st) == 0 && st.st_size > 0)
+			return true;
+	}
+	return false;
+}
+
+/* This server's raft ID: derived from its node ID (as other servers derive it from the "id" tag
+ * gossip carries), and kept in <data-dir>/raft-id. A data dir whose raft state predates that
+ * file was written with ID 1 (single servers only), and keeps it. */
+static uint64_t raft_id_for(dg_lan *l)
+{
+	char path[PATH_MAX + 16];
+	uint64_t id = dg__raft_id_of(l->node_id);
+	if (l->tmpdir || !l->cfg.data_dir)
+		return id;
+	snprintf(path, sizeof(path), "%s/raft-id", l->cfg.data_dir);
+	FILE *f = fopen(path, "r");
+	if (f) {
+		unsigned long long v = 0;
+		int ok = fscanf(f, "%llx", &v);
+		fclose(f);
+		if (ok == 1 && v)
+			return v;
+	}
+	if (has_raft_state(l->dir))
+		id = 1;
+	f = fopen(path, "w");
+	if (f) {
+		fprintf(f, "%016llx\n", (unsigned long long)id);
+		fclose(f);
+	}
+	return id;
+}
+
+static int bootstrap_and_start(dg_lan *l, const struct dg__server *srv, size_t n)
+{
+	struct raft_configuration conf;
+	int rv = 0;
+	raft_configuration_init(&conf);
+	for (size_t i = 0; i < n && rv == 0; i++)
+		rv = raft_configuration_add(&conf, srv[i].raft_id, srv[i].raft_addr, RAFT_VOTER);
+	if (rv == 0)
+		rv = raft_bootstrap(&l->raft, &conf);
+	raft_configuration_close(&conf);
+	if (rv != 0 && rv != RAFT_CANTBOOTSTRAP)
+		goto fail;
+	if (n > 1)
+		DG_LOGI(LAN, "raft: bootstrapped with %zu servers", n);
+	if ((rv = raft_start(&l->raft)) != 0)
+		goto fail;
+	l->raft_started = true;
+	return 0;
+fail:
+	snprintf(l->start_msg, sizeof(l->start_msg), "raft (%s): %s", l->dir,
+		 l->raft.errmsg[0] ? l->raft.errmsg : raft_strerror(rv));
+	return DG_EIO;
 }
 
 static int start_raft(dg_lan *l)
@@ -350,20 +1241,37 @@ static int start_raft(dg_lan *l)
 	l->fsm.snapshot = fsm_snapshot;
 	l->fsm.snapshot_finalize = fsm_snapshot_finalize;
 	l->fsm.restore = fsm_restore;
-	if ((rv = raft_init(&l->raft, &l->io, &l->fsm, 1, addr)) != 0)
+	l->raft_id = raft_id_for(l);
+	if ((rv = raft_init(&l->raft, &l->io, &l->fsm, l->raft_id, addr)) != 0)
 		goto raft_fail;
 	l->raft.data = l;
-	struct raft_configuration conf;
-	raft_configuration_init(&conf);
-	raft_configuration_add(&conf, 1, addr, RAFT_VOTER);
-	rv = raft_bootstrap(&l->raft, &conf);
-	raft_configuration_close(&conf);
-	if (rv != 0 && rv != RAFT_CANTBOOTSTRAP)
-		goto raft_fail;
 	raft_set_snapshot_threshold(&l->raft, l->cfg.snapshot_threshold);
 	raft_set_snapshot_trailing(&l->raft, l->cfg.snapshot_threshold / 4 + 1);
-	raft_set_election_timeout(&l->raft, 300);
+	raft_set_election_timeout(&l->raft, RAFT_ELECTION_MS);
 	raft_set_heartbeat_timeout(&l->raft, 100);
+	/* a server cut off from the others must not depose the leader when it comes back */
+	raft_set_pre_vote(&l->raft, true);
+	if (has_raft_state(l->dir)) {
+		rv = raft_start(&l->raft);
+		if (rv != 0)
+			goto raft_fail;
+		l->raft_started = true;
+		return 0;
+	}
+	if (l->cfg.bootstrap_expect > 1) {
+		/* bootstrapped once enough servers are known (try_bootstrap) */
+		l->bootstrap_pending = true;
+		return 0;
+	}
+	if (l->cfg.bootstrap_expect == 1) {
+		struct dg__server self = {.raft_id = l->raft_id};
+		snprintf(self.raft_addr, sizeof(self.raft_addr), "%s", addr);
+		return bootstrap_and_start(l, &self, 1);
+	}
+	/* no -bootstrap-expect: a new server of an existing cluster, which its leader adds once
+	 * gossip shows it (as Consul's servers without bootstrap_expect) */
+	DG_LOGI(LAN, "raft: no bootstrap_expect: waiting to be added to a cluster by its leader "
+		     "(-bootstrap-expect=1 makes a single server)");
 	if ((rv = raft_start(&l->raft)) != 0)
 		goto raft_fail;
 	l->raft_started = true;
@@ -388,11 +1296,18 @@ static void *loop_main(void *arg)
 	l->wake.data = l;
 	uv_timer_init(&l->loop, &l->tick);
 	l->tick.data = l;
-	if ((rv = dg__agent_new(l)) != 0) {
+	pthread_mutex_lock(&l->mu);
+	l->loop_running = true;
+	pthread_mutex_unlock(&l->mu);
+	if ((rv = dg__agent_new(l)) != 0)
 		snprintf(l->start_msg, sizeof(l->start_msg), "agent: %s", dg_strerror(rv));
-	} else {
+	else if ((rv = dg__rpc_listen(l, l->cfg.bind_addr, l->cfg.serf_lan_port, l->start_msg,
+				      sizeof(l->start_msg))) != 0)
+		;
+	else if ((rv = dg__members_start(l, l->start_msg, sizeof(l->start_msg))) != 0)
+		;
+	else
 		rv = start_raft(l);
-	}
 	l->start_rv = rv;
 	if (rv == 0)
 		uv_timer_start(&l->tick, tick_cb, 20, 100);
@@ -404,6 +1319,10 @@ static void *loop_main(void *arg)
 	}
 	sem_post(&l->started);
 	uv_run(&l->loop, UV_RUN_DEFAULT);
+	pthread_mutex_lock(&l->mu);
+	l->loop_running = false;
+	pthread_mutex_unlock(&l->mu);
+	run_tasks(l, true);
 	uv_loop_close(&l->loop);
 	json_decref(l->unclaimed_result);
 	l->unclaimed_result = NULL;
@@ -428,6 +1347,19 @@ int dg_lan_start(const struct dg_lan_config *cfg, dg_catalog *cat, dg_lan **out,
 	l->cfg.advertise = dg_strdup(cfg->advertise ? cfg->advertise : cfg->bind_addr);
 	l->cfg.data_dir = dg_strdup(cfg->data_dir);
 	l->cfg.version = dg_strdup(cfg->version ? cfg->version : "");
+	l->cfg.join = NULL;
+	l->cfg.retry_join = NULL;
+	l->cfg.encrypt_key = NULL;
+	if (cfg->encrypt_key) {
+		memcpy(l->encrypt_key, cfg->encrypt_key, sizeof(l->encrypt_key));
+		l->cfg.encrypt_key = l->encrypt_key;
+	}
+	l->cfg.join = (const char *const *)dg_strv_dup(cfg->join);
+	l->cfg.retry_join = (const char *const *)dg_strv_dup(cfg->retry_join);
+	if (!l->cfg.serf_lan_port)
+		l->cfg.serf_lan_port = 8301;
+	if (!l->cfg.reconnect_timeout_ms)
+		l->cfg.reconnect_timeout_ms = 72ULL * 3600 * 1000;
 	if (!cfg->node_id)
 		dg_uuid_new(idbuf);
 	l->node_id = strdup(cfg->node_id ? cfg->node_id : idbuf);
@@ -438,6 +1370,7 @@ int dg_lan_start(const struct dg_lan_config *cfg, dg_catalog *cat, dg_lan **out,
 	l->cat = cat;
 	pthread_mutex_init(&l->mu, NULL);
 	sem_init(&l->started, 0, 0);
+	sem_init(&l->left, 0, 0);
 	if (pthread_create(&l->thread, NULL, loop_main, l) != 0) {
 		snprintf(msg, len, "cannot start the loop thread");
 		dg_lan_free(l);
@@ -472,7 +1405,14 @@ void dg_lan_free(dg_lan *l)
 		dg_lan_request_stop(l);
 		pthread_join(l->thread, NULL);
 	}
+	/* after the loop: nng's callbacks find it gone and answer or drop by themselves */
+	dg__rpc_close(l);
+	run_tasks(l, true);
+	dg__members_free(l);
+	json_decref(l->members_json);
+	json_decref(l->raft_json);
 	sem_destroy(&l->started);
+	sem_destroy(&l->left);
 	pthread_mutex_destroy(&l->mu);
 	free((char *)l->cfg.node);
 	free((char *)l->cfg.dc);
@@ -480,9 +1420,28 @@ void dg_lan_free(dg_lan *l)
 	free((char *)l->cfg.advertise);
 	free((char *)l->cfg.data_dir);
 	free((char *)l->cfg.version);
+	dg_strv_free((char **)l->cfg.join);
+	dg_strv_free((char **)l->cfg.retry_join);
 	free(l->node_id);
 	free(l->address);
 	free(l);
+}
+
+bool dg_lan_leader_known(dg_lan *l)
+{
+	pthread_mutex_lock(&l->mu);
+	bool known = l->leader_known;
+	pthread_mutex_unlock(&l->mu);
+	return known;
+}
+
+json_t *dg_lan_raft_configuration(dg_lan *l)
+{
+	pthread_mutex_lock(&l->mu);
+	json_t *conf = l->raft_json ? json_deep_copy(l->raft_json)
+				    : json_pack("{s:[], s:i}", "Servers", "Index", 0);
+	pthread_mutex_unlock(&l->mu);
+	return conf;
 }
 
 bool dg_lan_is_leader(dg_lan *l)

@@ -5,7 +5,7 @@
 #
 # The long tests (the python-consul example, about 2 minutes of waiting for the deregistration;
 # the kill -9 restart test; slow clients; session TTL expiry; federation, three DCs with one of
-# them killed and restarted) mostly wait, so they run as a second
+# them killed and restarted; three-server clusters with a leader killed) mostly wait, so they run as a second
 # group in parallel with the rest; each test starts its own agent on its own loopback address.
 #
 # usage: run-integration.sh [--quick]
@@ -59,6 +59,7 @@ long=(
   "$here/integration/test_session_ttl.py"
   "$here/integration/test_many_waiters.py"
   "$here/integration/test_federation.py"
+  "$here/integration/test_cluster.py"
 )
 # Federation on the emulated WAN (network namespaces, 150 ms each way, loss, stalls): mostly
 # waiting too, so a third group of its own, beside the other two.

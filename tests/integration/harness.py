@@ -175,7 +175,8 @@ class Agent:
             a += ["-datacenter", self.datacenter]
         return a + self.extra_args
 
-    def start(self, timeout=LEADER_TIMEOUT):
+    def start(self, timeout=LEADER_TIMEOUT, wait=True):
+        """Starts the process; with wait, returns once a leader is known (see wait_leader)."""
         if self.proc is not None and self.proc.poll() is None:
             raise RuntimeError("agent already running")
         self._log = open(self.log_path, "ab")
@@ -184,6 +185,8 @@ class Agent:
         self._log.flush()
         self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=self._log,
                                      stderr=self._log, cwd=self.tmpdir)
+        if not wait:
+            return self
         try:
             self.wait_leader(timeout)
         except Exception:
@@ -239,9 +242,9 @@ class Agent:
     def kill9(self):
         return self._terminate(hard=True)
 
-    def restart(self, hard=False, timeout=LEADER_TIMEOUT):
+    def restart(self, hard=False, timeout=LEADER_TIMEOUT, wait=True):
         self._terminate(hard=hard)
-        return self.start(timeout)
+        return self.start(timeout, wait=wait)
 
     def wait_exit(self, timeout):
         """Waits up to timeout for the process to exit by itself; returns the code or None."""
@@ -286,6 +289,102 @@ class Agent:
 
     def url(self):
         return "http://%s:%d" % (self.addr, self.http_port)
+
+
+class Server(Agent):
+    """A server of a multi-server datacenter: -server -bootstrap-expect N -retry-join <seed>,
+    with a data dir. config (a dict) is written to a JSON config file and passed with
+    -config-file."""
+
+    def __init__(self, expect, join=None, config=None, **kw):
+        kw.setdefault("dev", False)
+        kw.setdefault("name", "server")
+        super().__init__(**kw)
+        self.expect = expect
+        self.join = join
+        self.config = config
+
+    def argv(self):
+        a = [dcgate_bin(), "agent", "-server", "-node", self.node, "-bind", self.addr, "-client",
+             self.addr, "-data-dir", self.data_dir, "-log-level", "debug"]
+        if self.expect:
+            a += ["-bootstrap-expect", str(self.expect)]
+        if self.join:
+            a += ["-retry-join", self.join]
+        if self.datacenter:
+            a += ["-datacenter", self.datacenter]
+        if self.config:
+            path = os.path.join(self.tmpdir, "config.json")
+            with open(path, "w") as f:
+                json.dump(self.config, f)
+            a += ["-config-file", path]
+        return a + self.extra_args
+
+
+class Cluster:
+    """n servers of one datacenter that find each other through -retry-join to the first and
+    bootstrap raft together (-bootstrap-expect n). start() returns once every server names the
+    same leader."""
+
+    def __init__(self, n=3, datacenter=None, config=None, extra_args=()):
+        self.servers = []
+        try:
+            for i in range(n):
+                seed = self.servers[0].addr if self.servers else None
+                s = Server(n, node="s%d" % (i + 1), datacenter=datacenter, config=config,
+                           extra_args=extra_args)
+                if seed is None:
+                    seed = s.addr
+                s.join = seed
+                self.servers.append(s)
+        except Exception:
+            self.close()
+            raise
+
+    def start(self, timeout=LEADER_TIMEOUT):
+        for s in self.servers:
+            s.start(wait=False)
+        self.wait_leader(timeout)
+        return self
+
+    def running(self):
+        return [s for s in self.servers if s.running()]
+
+    def wait_leader(self, timeout=LEADER_TIMEOUT, among=None):
+        """Waits until every running server (or those in among) names the same leader, one of
+        them; returns that server."""
+        among = among or self.running()
+        found = {}
+
+        def agreed():
+            names = set()
+            for s in among:
+                try:
+                    r = s.get("/v1/status/leader", timeout=2)
+                    names.add(r.json() if r.status == 200 else "")
+                except (OSError, ValueError, http.client.HTTPException):
+                    names.add("")
+            if len(names) == 1 and "" not in names:
+                addr = names.pop().rsplit(":", 1)[0]
+                for s in among:
+                    if s.addr == addr:
+                        found["leader"] = s
+                        return True
+            return False
+
+        wait_until(agreed, timeout, interval=0.1, what="one leader named by every server")
+        return found["leader"]
+
+    def leader(self):
+        return self.wait_leader()
+
+    def followers(self):
+        lead = self.leader()
+        return [s for s in self.running() if s is not lead]
+
+    def close(self):
+        for s in self.servers:
+            s.close()
 
 
 def wait_until(fn, timeout, interval=0.2, what="condition"):
