@@ -544,6 +544,58 @@ static int check_upsert(dg_catalog *c, struct node_rec *n, json_t *jc, char **er
 
 static void check_remove(dg_catalog *c, struct node_rec *n, const char *id);
 
+static void service_remove(dg_catalog *c, struct node_rec *n, const char *id);
+
+static bool listed(json_t *arr, const char *key, const char *id)
+{
+	size_t i;
+	json_t *e;
+	json_array_foreach(arr, i, e) if (strcmp(dg__js(e, key), id) == 0) return true;
+	return false;
+}
+
+/* A client agent's anti-entropy: the node's services and checks become exactly "Services" and
+ * "Checks" (serfHealth, which the leader keeps from gossip, aside). Only what differs changes:
+ * an unchanged service or check keeps its indexes and wakes nobody. */
+static int apply_node_sync(dg_catalog *c, struct node_rec *n, json_t *cmd, char **err)
+{
+	json_t *svcs = json_object_get(cmd, "Services"), *checks = json_object_get(cmd, "Checks");
+	size_t i;
+	json_t *e;
+	int rv;
+	if (!json_is_array(svcs) || !json_is_array(checks)) {
+		*err = strdup("SyncNode needs Services and Checks arrays");
+		return DG_EINVAL;
+	}
+	json_array_foreach(svcs, i, e)
+	{
+		if (!json_is_object(e) || !*dg__js(e, "Service") || !*dg__js(e, "ID")) {
+			*err = strdup("Must provide service name (Service.Service) and ID");
+			return DG_EINVAL;
+		}
+		if ((rv = service_upsert(c, n, e)) != 0)
+			return rv;
+	}
+	for (size_t k = n->services.n; k-- > 0;) {
+		const char *id = n->services.v[k].key;
+		if (!listed(svcs, "ID", id))
+			service_remove(c, n, id);
+	}
+	json_array_foreach(checks, i, e)
+	{
+		if (!json_is_object(e) || strcmp(dg__js(e, "CheckID"), "serfHealth") == 0)
+			continue;
+		if ((rv = check_upsert(c, n, e, err)) != 0)
+			return rv;
+	}
+	for (size_t k = n->checks.n; k-- > 0;) {
+		const char *id = n->checks.v[k].key;
+		if (strcmp(id, "serfHealth") != 0 && !listed(checks, "CheckID", id))
+			check_remove(c, n, id);
+	}
+	return 0;
+}
+
 static int apply_register(dg_catalog *c, json_t *cmd, char **err)
 {
 	struct node_rec *n;
@@ -554,6 +606,8 @@ static int apply_register(dg_catalog *c, json_t *cmd, char **err)
 	}
 	if ((rv = node_upsert(c, cmd, &n, err)) != 0)
 		return rv;
+	if (json_is_true(json_object_get(cmd, "SyncNode")))
+		return apply_node_sync(c, n, cmd, err);
 	json_t *svc = json_object_get(cmd, "Service");
 	if (json_is_object(svc)) {
 		if (!*dg__js(svc, "Service")) {

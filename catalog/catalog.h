@@ -127,6 +127,9 @@ char *dg_cat_snapshot(dg_catalog *c, size_t *len);
 int dg_cat_restore(dg_catalog *c, const char *buf, size_t len);
 
 /* ---- reads (hold the read lock) ---- */
+/* {"Services":[..],"Checks":[..]} of one node, as "register" with SyncNode takes them (no
+ * indexes, no serfHealth); empty arrays for an unknown node. A new object. */
+json_t *dg_cat_node_state_locked(dg_catalog *c, const char *node);
 typedef int (*dg_cat_node_cb)(void *arg, const struct dg_cat_node *n);
 typedef int (*dg_cat_service_cb)(void *arg, const struct dg_cat_service *s);
 typedef int (*dg_cat_check_cb)(void *arg, const struct dg_cat_check *ch);

@@ -235,3 +235,28 @@ out:
 	json_decref(root);
 	return rv;
 }
+
+/* A node's services and checks as a client agent's anti-entropy sends them (catalog.c's
+ * "register" with SyncNode reads the same shape), without indexes, serfHealth left out (the
+ * leader writes it from gossip). */
+json_t *dg_cat_node_state_locked(dg_catalog *c, const char *node)
+{
+	struct node_rec *n = dg_map_find(&c->nodes, node);
+	json_t *svcs = json_array(), *checks = json_array();
+	for (size_t j = 0; n && j < n->services.n; j++) {
+		json_t *s = service_json(n->services.v[j].value);
+		json_object_del(s, "CreateIndex");
+		json_object_del(s, "ModifyIndex");
+		json_array_append_new(svcs, s);
+	}
+	for (size_t j = 0; n && j < n->checks.n; j++) {
+		const struct dg_cat_check *ch = n->checks.v[j].value;
+		if (strcmp(ch->id, "serfHealth") == 0)
+			continue;
+		json_t *o = check_json(ch);
+		json_object_del(o, "CreateIndex");
+		json_object_del(o, "ModifyIndex");
+		json_array_append_new(checks, o);
+	}
+	return json_pack("{s:o, s:o}", "Services", svcs, "Checks", checks);
+}

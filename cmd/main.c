@@ -519,10 +519,8 @@ static int run_agent(int argc, char **argv)
 		fprintf(stderr, "==> data_dir cannot be empty\n");
 		goto fail;
 	}
-	if (!server) {
-		fprintf(stderr,
-			"==> This agent would be a client agent, which this version does not run yet; "
-			"run with -server (-bootstrap-expect=N for N servers) or -dev\n");
+	if (!server && expect > 0) {
+		fprintf(stderr, "==> bootstrap_expect is for servers: add -server\n");
 		goto fail;
 	}
 	if (expect < 0 || expect > 64) {
@@ -684,6 +682,22 @@ static int run_agent(int argc, char **argv)
 	}
 	dg_wan *wan = NULL;
 	dg_fed *fed = NULL;
+	if (server && !dg_tls_policy_has_identity(&pol)) {
+		/* no WAN, but the DC's client agents send their catalog requests here */
+		struct dg_fed_config fc = {.dc = dc, .local = &dg_http_local_ops, .local_srv = http,
+					   .lan = lan};
+		if (dg_fed_start(&fc, &fed, msg, sizeof(msg)) != 0) {
+			fprintf(stderr, "==> Error starting request forwarding: %s\n", msg);
+			dg_http_free(http);
+			dg_lan_free(lan);
+			dg_cat_free(cat);
+			free(self_text);
+			free(node_id);
+			dg_tls_policy_fini(&pol);
+			goto fail;
+		}
+		dg_http_set_fed(http, fed);
+	}
 	if (server && dg_tls_policy_has_identity(&pol)) {
 		struct dg_wan_config wc = {
 		    .bind = bind,
@@ -695,7 +709,7 @@ static int run_agent(int argc, char **argv)
 		    .server_port = lc.server_port,
 		    .tls = &pol};
 		struct dg_fed_config fc = {.dc = dc, .local = &dg_http_local_ops,
-					   .local_srv = http};
+					   .local_srv = http, .lan = lan};
 		if (dg_wan_start(&wc, &wan, msg, sizeof(msg)) != 0 ||
 		    ((fc.wan = wan), dg_fed_start(&fc, &fed, msg, sizeof(msg)) != 0)) {
 			fprintf(stderr, "==> Error starting the WAN pool: %s\n", msg);

@@ -16,6 +16,7 @@
 #include <time.h>
 
 #include "federation/exec.h"
+#include "federation/internal.h"
 
 #define FED "fed"
 #define DEFAULT_TIMEOUT_MS 10000
@@ -65,6 +66,7 @@ struct centry {
 
 struct dg_fed {
 	dg_wan *wan;
+	dg_lan *lan; /* serving its client agents, or NULL */
 	char *dc;
 	dg_exec *exec;
 	pthread_mutex_t mu; /* guards flights and the cache */
@@ -933,6 +935,11 @@ void dg_fed_stats(dg_fed *f, struct dg_fed_stats *out)
 	}
 }
 
+dg_exec *dg__fed_exec(dg_fed *f)
+{
+	return f->exec;
+}
+
 int dg_fed_start(const struct dg_fed_config *cfg, dg_fed **out, char *msg, size_t len)
 {
 	dg_fed *f = calloc(1, sizeof(*f));
@@ -941,15 +948,20 @@ int dg_fed_start(const struct dg_fed_config *cfg, dg_fed **out, char *msg, size_
 		return DG_ENOMEM;
 	}
 	f->wan = cfg->wan;
+	f->lan = cfg->lan;
 	pthread_mutex_init(&f->mu, NULL);
 	pthread_cond_init(&f->cond, NULL);
-	if (f->wan) {
+	if (f->wan || f->lan) {
 		int rv = dg_exec_start(cfg->local, cfg->local_srv, &f->exec, msg, len);
 		if (rv != 0) {
 			free(f->dc);
 			free(f);
 			return rv;
 		}
+	}
+	if (f->lan)
+		dg__fed_lan_attach(f, f->lan);
+	if (f->wan) {
 		dg_wan_set_serve(f->wan, serve, f);
 		if (pthread_create(&f->refresher, NULL, refresher_main, f) == 0)
 			f->refresher_started = true;
@@ -965,6 +977,8 @@ void dg_fed_stop(dg_fed *f)
 	f->stopped = true; /* once: dg_fed_free calls it again after the WAN pool is gone */
 	if (f->wan)
 		dg_wan_set_serve(f->wan, NULL, NULL);
+	if (f->lan)
+		dg_lan_set_http_handler(f->lan, NULL, NULL);
 	dg_exec_free(f->exec); /* answers what it still holds, through the live WAN pool */
 	f->exec = NULL;
 	pthread_mutex_lock(&f->mu);

@@ -14,6 +14,7 @@
 #include <stddef.h>
 
 #include "common/common.h"
+#include "lan/lan.h"
 #include "wan/wan.h"
 
 typedef struct dg_fed dg_fed;
@@ -56,6 +57,9 @@ struct dg_fed_config {
 	 * server, valid until dg_fed_stop() has returned. */
 	const struct dg_fed_local_ops *local;
 	void *local_srv;
+	/* A server's LAN runtime (not owned): its DC's client agents send their catalog requests
+	 * here to be run like WAN ones. NULL: none (a client agent, or no LAN). */
+	dg_lan *lan;
 };
 
 int dg_fed_start(const struct dg_fed_config *cfg, dg_fed **out, char *msg, size_t len);
@@ -109,6 +113,12 @@ int dg_fed_forward(dg_fed *f, const struct dg_fed_request *req, dg_fed_done_fn c
  * `X-Cache: HIT|MISS` and `Age`. Same contract as dg_fed_forward otherwise (a GET only). */
 int dg_fed_forward_cached(dg_fed *f, const struct dg_fed_request *req, int64_t max_age_s,
 			  int64_t stale_if_error_s, dg_fed_done_fn cb, void *arg);
+
+/* A client agent's request for its DC's servers: sent to one of them over 8301 and answered as
+ * it answers (same contract and errors as dg_fed_forward; DG_ENOSERVER when no server is known).
+ * Runs without a dg_fed. */
+int dg_fed_forward_lan(dg_lan *lan, const struct dg_fed_request *req, dg_fed_done_fn cb,
+		       void *arg);
 
 /* Datacenter names, the local DC first, then by the median RTT of their alive servers, then by
  * name; a new JSON array. */

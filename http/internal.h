@@ -224,6 +224,8 @@ int dg_serve_read(struct dg_req *r, unsigned topics, const char *key, dg_index_f
  * request runs again, so the handler is not called back. Without federation: 500 "No path to
  * datacenter". A blocking query (?index) may take its wait plus jitter plus 5 s. */
 int dg_req_forward(struct dg_req *r, const char *dc);
+/* (dc NULL: a client agent's request, to a server of its own DC over 8301; 500 "No known Consul
+ * servers" when it knows none.) */
 /* Joins the WAN pool through addr and suspends until it is done; the handler is then called
  * again with r->fed_done set, r->fed_err 0 or an error and r->fed_msg the reason (may be NULL).
  * When federation refuses at once (or there is none: DG_EINVAL), or the join is over before

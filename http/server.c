@@ -775,6 +775,9 @@ int dg_req_forward(struct dg_req *r, const char *dc)
 	json_decref(r->fed_headers);
 	r->fed_path = NULL;
 	r->fed_headers = NULL;
+	bool to_server = dc == NULL; /* a client agent's request for its own DC's servers */
+	if (to_server)
+		dc = dg_cat_dc(h->cat);
 	if (!(r->fed_dc = strdup(dc)) || forward_path(r, &path) != 0 ||
 	    !(r->fed_path = dg_buf_steal(&path, NULL)) || !(r->fed_headers = forward_headers(r))) {
 		dg_buf_fini(&path);
@@ -798,7 +801,9 @@ int dg_req_forward(struct dg_req *r, const char *dc)
 		cache_control(r, &max_age, &stale_if_error);
 	__atomic_add_fetch(&h->feds_in_flight, 1, __ATOMIC_RELAXED);
 	pthread_rwlock_rdlock(&h->fedlock);
-	if (!h->cfg.fed)
+	if (to_server)
+		rv = dg_fed_forward_lan(h->lan, &req, forward_cb, r);
+	else if (!h->cfg.fed)
 		rv = DG_ENOPATH;
 	else if (cached)
 		rv = dg_fed_forward_cached(h->cfg.fed, &req, max_age, stale_if_error, forward_cb, r);
@@ -809,6 +814,8 @@ int dg_req_forward(struct dg_req *r, const char *dc)
 		/* decided at once (unknown DC, no server reachable): answered now, unsuspended */
 		__atomic_sub_fetch(&h->feds_in_flight, 1, __ATOMIC_RELEASE);
 		r->fed_kind = DG_FED_NONE;
+		if (to_server && rv == DG_ENOSERVER)
+			return dg_reply_text(r, 500, "No known Consul servers", 0);
 		return reply_fed_error(r, rv);
 	}
 	return fed_park(r) ? MHD_YES : reply_forwarded(r);
@@ -927,6 +934,28 @@ static bool leader_read(struct dg_req *r)
 	       dg_lan_config(r->srv->lan)->server && !dg_lan_is_leader(r->srv->lan);
 }
 
+/* A client agent's request for the servers. A session created through it belongs to its node
+ * unless the body names another, as Consul's client agents fill it in. */
+static int client_forward(struct dg_req *r)
+{
+	if (r->method == DG_PUT && strcmp(r->url, "/v1/session/create") == 0) {
+		json_t *body = r->body.len ? json_loadb((const char *)r->body.data, r->body.len, 0,
+							 NULL)
+					   : json_object();
+		if (json_is_object(body) && !json_object_get(body, "Node")) {
+			json_object_set_new(body, "Node", json_string(dg_lan_node(r->srv->lan)));
+			char *text = json_dumps(body, JSON_COMPACT);
+			if (text) {
+				r->body.len = 0;
+				dg_buf_append(&r->body, text, strlen(text));
+				free(text);
+			}
+		}
+		json_decref(body);
+	}
+	return dg_req_forward(r, NULL);
+}
+
 static int barrier_start(dg_lan *l, const char *a, const char *b, dg_lan_done_fn cb, void *arg)
 {
 	return dg_lan_read_barrier(l, cb, arg);
@@ -977,6 +1006,10 @@ static int dispatch(struct dg_req *r)
 					      DG_MAX_BODY);
 		/* another datacenter: the one place where ?dc= forwards (catalog register and
 		 * deregister forward by their body's Datacenter, in their handlers) */
+		/* a client agent keeps only its own services and checks: everything else is the
+		 * servers' (?dc= included, which they forward on) */
+		if (!dg_lan_config(r->srv->lan)->server && strncmp(r->url, "/v1/agent/", 10) != 0)
+			return client_forward(r);
 		if (r->q.dc && strcmp(r->q.dc, dg_cat_dc(r->srv->cat)) != 0 && forwardable(r->url))
 			return dg_req_forward(r, r->q.dc);
 		if (leader_read(r)) {

@@ -20,6 +20,8 @@
 #define DEF_GOSSIP         200
 #define DEF_GOSSIP_NODES   3
 #define DEF_REAP           (72ull * 3600 * 1000)
+/* members failed this recently still get gossip (memberlist's GossipToTheDeadTime) */
+#define GOSSIP_TO_DEAD_MS 30000
 #define MAX_INDIRECT       16
 #define MAX_RELAYS         64 /* indirect probes run for others at once */
 
@@ -608,14 +610,19 @@ int dg_gossip_recv(dg_gossip *g, const char *addr, uint16_t port, const void *bu
 
 /* ---- timers ---- */
 
-static struct member *random_member(dg_gossip *g, int status, const char *not1,
-				    const struct member **not, size_t nnot)
+/* A random member of the given status other than those named; with failed_since, members failed
+ * at or after that time count too. */
+static struct member *random_member_since(dg_gossip *g, int status, const char *not1,
+					  const struct member **not, size_t nnot,
+					  uint64_t failed_since)
 {
 	size_t c = 0;
 	struct member *pick = NULL;
 	for (size_t i = 0; i < g->n; i++) {
 		struct member *m = g->v[i];
-		if (m == g->self || m->pub.status != status ||
+		bool recently_failed = failed_since && m->pub.status == DG_GOSSIP_FAILED &&
+				       m->pub.changed_ms >= failed_since;
+		if (m == g->self || (m->pub.status != status && !recently_failed) ||
 		    (not1 && strcmp(m->pub.name, not1) == 0))
 			continue;
 		bool skip = false;
@@ -628,6 +635,12 @@ static struct member *random_member(dg_gossip *g, int status, const char *not1,
 			pick = m;
 	}
 	return pick;
+}
+
+static struct member *random_member(dg_gossip *g, int status, const char *not1,
+				    const struct member **not, size_t nnot)
+{
+	return random_member_since(g, status, not1, not, nnot, 0);
 }
 
 static void end_probe(dg_gossip *g, uint64_t now)
@@ -704,12 +717,18 @@ static void indirect_probe(dg_gossip *g)
 /* Queued updates on their own, to a few random members: what memberlist's gossip interval
  * does. Piggybacking alone moves an update one hop per probe interval, so a refutation could
  * lose the race against a suspicion timeout; and a leaving node is probed by nobody. */
-static void gossip(dg_gossip *g)
+/* Queued updates to a few random members. Members failed in the last GOSSIP_TO_DEAD_MS are
+ * among them (as memberlist's gossip to the dead): one that was restarted under its name hears
+ * that it was declared failed and refutes it, instead of staying failed for the others until
+ * the next push-pull. */
+static void gossip(dg_gossip *g, uint64_t now)
 {
 	const struct member *sent[MAX_INDIRECT];
 	size_t k = g->cfg.gossip_nodes < MAX_INDIRECT ? g->cfg.gossip_nodes : MAX_INDIRECT;
+	uint64_t since = now > GOSSIP_TO_DEAD_MS ? now - GOSSIP_TO_DEAD_MS : 1;
 	for (size_t n = 0; n < k && g->nbq; n++) {
-		struct member *to = random_member(g, DG_GOSSIP_ALIVE_ST, NULL, sent, n);
+		struct member *to =
+			random_member_since(g, DG_GOSSIP_ALIVE_ST, NULL, sent, n, since);
 		if (!to)
 			break;
 		sent[n] = to;
@@ -746,7 +765,7 @@ void dg_gossip_tick(dg_gossip *g, uint64_t now)
 	if (now >= g->next_gossip) {
 		g->next_gossip = now + c->gossip_interval_ms;
 		if (g->self->pub.status == DG_GOSSIP_ALIVE_ST || leaving)
-			gossip(g);
+			gossip(g, now);
 	}
 	if (leaving && !leave_queued(g))
 		set_status(g, g->self, DG_GOSSIP_LEFT, now);
@@ -941,7 +960,7 @@ int dg_gossip_leave(dg_gossip *g, uint64_t now)
 	set_status(g, s, DG_GOSSIP_LEAVING, now);
 	broadcast_state(g, DG_GOSSIP_LEAVE, s->pub.name, s->pub.incarnation, NULL);
 	g->probe.active = false;
-	gossip(g);
+	gossip(g, now);
 	return 0;
 }
 

@@ -21,6 +21,8 @@ enum {
 	DG_RPC_WRITE_REPLY = 0xC2, /* {"Status":0|dg error,"Result":{...}} */
 	DG_RPC_RAFT = 0xC3,	   /* a raft membership change for the leader: JSON text */
 	DG_RPC_READ_INDEX = 0xC4,  /* "what have you applied?" -> {"Status":0,"Index":n} */
+	DG_RPC_WRITE_RELAY = 0xC5, /* a client agent's write: as 0xC1, passed on to the leader */
+	DG_RPC_HTTP = 0xC6,	   /* a client agent's HTTP request (wan/msg.h HTTP) for a server */
 };
 /* One request or answer on 8301: a push-pull of the most members with room for framing. */
 #define DG_RPC_MAX_MSG (DG_GOSSIP_STREAM_MAX + 64 * 1024)
@@ -32,7 +34,11 @@ enum {
 typedef void (*dg_rpc_done_fn)(void *arg, int err, const uint8_t *buf, size_t len);
 struct rpc_in;
 struct dg__rpc {
-	pthread_mutex_t mu;  /* guards peers and closed */
+	pthread_mutex_t mu;  /* guards peers, closed and the HTTP handler */
+	dg_lan_http_fn http_fn;
+	void *http_arg;
+	unsigned http_busy;  /* handler calls running */
+	pthread_cond_t idle; /* signalled when http_busy drops to 0 */
 	struct dg_map peers; /* "ip:port" -> struct rpc_peer* */
 	bool closed, inited, rep_open;
 	nng_socket rep;
@@ -68,6 +74,7 @@ struct write_req {
 	void *arg;
 	struct write_req *next;
 	bool forwarded;		 /* came from another server: never forwarded again */
+	struct rpc_in *reply_to; /* came over 8301: answered there (forwarded, or relayed) */
 	uint64_t hold_until_ms;	 /* held while no leader is known, until then */
 	int status;		 /* a forwarded write's outcome, for the loop */
 	json_t *result;
@@ -116,6 +123,7 @@ struct dg_lan {
 	/* loop thread */
 	struct dg__rpc rpc;
 	struct dg__members *members;
+	struct dg__client *client; /* a client agent's local state and anti-entropy */
 	struct write_req *held, *held_tail; /* writes waiting for a leader */
 	char leader_rpc[96];		    /* the leader's 8301 address, "" unknown */
 	bool leader_known_loop;
@@ -133,6 +141,8 @@ struct dg_lan {
 	struct loop_task *tasks, *tasks_tail;
 	json_t *members_json; /* GET /v1/agent/members */
 	json_t *raft_json;    /* GET /v1/operator/raft/configuration */
+	char **server_rpc;    /* 8301 addresses of this DC's alive servers (NULL-terminated) */
+	unsigned server_turn; /* round robin over them */
 };
 
 /* agent.c, all on the loop thread */
@@ -164,6 +174,15 @@ const uint8_t *dg__rpc_request(struct rpc_in *in, size_t *len);
 const char *dg__rpc_peer_addr(struct rpc_in *in, char *buf, size_t len);
 /* Answers an incoming request (any thread), once. */
 void dg__rpc_reply(struct rpc_in *in, const void *buf, size_t len);
+
+/* client.c, on the loop thread */
+int dg__client_start(dg_lan *l, char *msg, size_t len);
+void dg__client_apply(dg_lan *l, struct write_req *w);
+void dg__client_tick(dg_lan *l, uint64_t now);
+void dg__client_resync(dg_lan *l);
+void dg__client_stop(dg_lan *l);
+void dg__client_free(dg_lan *l);
+void dg__client_stats(dg_lan *l, uint64_t *syncs, uint64_t *errors);
 
 /* members.c, on the loop thread */
 int dg__members_start(dg_lan *l, char *msg, size_t len);

@@ -116,6 +116,25 @@ int dg_lan_force_leave(dg_lan *l, const char *name, dg_lan_done_fn cb, void *arg
  * (the main thread at shutdown). */
 void dg_lan_leave(dg_lan *l, unsigned timeout_ms);
 
+/* ---- 8301 between a client agent and the servers ---- */
+
+/* An incoming request of a client agent (its HTTP request for the server's HTTP layer). */
+struct dg_lan_rpc_req;
+typedef void (*dg_lan_http_fn)(void *arg, struct dg_lan_rpc_req *req, const uint8_t *buf,
+			       size_t len);
+/* Servers: who serves client agents' HTTP requests (federation). Called on nng's threads; must
+ * answer each request once with dg_lan_rpc_answer (any thread). NULL stops it (they get an empty
+ * answer). */
+void dg_lan_set_http_handler(dg_lan *l, dg_lan_http_fn fn, void *arg);
+void dg_lan_rpc_answer(struct dg_lan_rpc_req *req, const void *buf, size_t len);
+/* Client agents: sends an HTTP request (buf, as the handler receives it) to an alive server of
+ * this DC, taken in turn. cb runs once on an nng thread with the answer, or with DG_ETIMEDOUT,
+ * DG_EIO, DG_ESHUTDOWN. DG_ENOSERVER (no server known) and others are returned at once, cb not
+ * called. */
+typedef void (*dg_lan_rpc_fn)(void *arg, int err, const uint8_t *buf, size_t len);
+int dg_lan_http_call(dg_lan *l, const void *buf, size_t len, unsigned timeout_ms,
+		     dg_lan_rpc_fn cb, void *arg);
+
 /* ---- raft ---- */
 
 /* {"Servers":[{"ID","Node","Address","Leader","Voter","ProtocolVersion"}],"Index":n}; new. */

@@ -295,11 +295,20 @@ static void publish(dg_lan *l)
 		if (gm->status != DG_GOSSIP_NONE)
 			json_array_append_new(list, member_json(gm));
 	}
+	struct dg__server srv[64];
+	size_t ns = dg__members_servers(l, srv, 64), k = 0;
+	char **rpc = calloc(ns + 1, sizeof(*rpc));
+	for (size_t i = 0; rpc && i < ns; i++)
+		if (srv[i].status == DG_GOSSIP_ALIVE_ST)
+			rpc[k++] = dg_strdup(srv[i].rpc_addr);
 	pthread_mutex_lock(&l->mu);
 	json_t *old = l->members_json;
+	char **old_rpc = l->server_rpc;
 	l->members_json = list;
+	l->server_rpc = rpc;
 	pthread_mutex_unlock(&l->mu);
 	json_decref(old);
+	dg_strv_free(old_rpc);
 	m->dirty = false;
 }
 

@@ -142,8 +142,8 @@ static void apply_cb(struct raft_apply *req, int status, void *result)
 		if (res && res == l->unclaimed_result)
 			l->unclaimed_result = NULL;
 	}
-	if (w->forwarded)
-		answer_write(w->arg, status == 0 ? 0 : DG_ENOLEADER, res, w->apply.index);
+	if (w->reply_to)
+		answer_write(w->reply_to, status == 0 ? 0 : DG_ENOLEADER, res, w->apply.index);
 	else if (w->cb)
 		w->cb(w->arg, status == 0 ? 0 : DG_ENOLEADER, res);
 	else
@@ -157,8 +157,8 @@ static void write_fail(dg_lan *l, struct write_req *w, int rv)
 	pthread_mutex_lock(&l->mu);
 	l->stats.writes_rejected++;
 	pthread_mutex_unlock(&l->mu);
-	if (w->forwarded)
-		answer_write(w->arg, rv, NULL, 0);
+	if (w->reply_to)
+		answer_write(w->reply_to, rv, NULL, 0);
 	else if (w->cb)
 		w->cb(w->arg, rv, NULL);
 	json_decref(w->cmd);
@@ -186,7 +186,7 @@ static void forward_answer(dg_lan *l, void *arg, bool cancelled)
 		return;
 	}
 	/* read-your-writes on this server too: answer once it has applied the write itself */
-	if (!cancelled && w->status == 0 && l->raft_started &&
+	if (!cancelled && w->status == 0 && l->raft_started && !w->reply_to &&
 	    w->applied_index > raft_last_applied(&l->raft) && wait_applied(l, w) == 0)
 		return;
 	write_done(w);
@@ -194,7 +194,9 @@ static void forward_answer(dg_lan *l, void *arg, bool cancelled)
 
 static void write_done(struct write_req *w)
 {
-	if (w->cb)
+	if (w->reply_to)
+		answer_write(w->reply_to, w->status, w->result, w->applied_index);
+	else if (w->cb)
 		w->cb(w->arg, w->status, w->result);
 	else
 		json_decref(w->result);
@@ -273,8 +275,12 @@ static void submit(dg_lan *l, struct write_req *w)
 {
 	struct raft_buffer buf;
 	int rv;
-	if (!w->forwarded && !w->hold_until_ms)
+	if (!w->reply_to && !w->hold_until_ms)
 		dg__agent_before_write(l, w->cmd);
+	if (!l->cfg.server) {
+		dg__client_apply(l, w);
+		return;
+	}
 	if (!l->raft_started || raft_state(&l->raft) != RAFT_LEADER) {
 		if (w->forwarded) {
 			/* leadership moved while it travelled: the sender holds and retries */
@@ -392,7 +398,8 @@ static void handle_rpc(dg_lan *l, void *arg, bool cancelled)
 		return;
 	}
 	json_t *req = NULL;
-	if ((buf[0] == DG_RPC_WRITE || buf[0] == DG_RPC_RAFT) && l->cfg.server)
+	if ((buf[0] == DG_RPC_WRITE || buf[0] == DG_RPC_WRITE_RELAY || buf[0] == DG_RPC_RAFT) &&
+	    l->cfg.server)
 		req = json_loadb((const char *)buf + 1, len - 1, JSON_REJECT_DUPLICATES, NULL);
 	if (!json_is_object(req)) {
 		json_decref(req);
@@ -411,8 +418,9 @@ static void handle_rpc(dg_lan *l, void *arg, bool cancelled)
 	}
 	w->lan = l;
 	w->cmd = req;
-	w->arg = in;
-	w->forwarded = true;
+	w->reply_to = in;
+	/* a server's write is for the leader only; a client agent's may be passed on once */
+	w->forwarded = buf[0] == DG_RPC_WRITE;
 	submit(l, w);
 }
 
@@ -668,6 +676,7 @@ static void begin_stop(dg_lan *l)
 	run_tasks(l, true);
 	read_waiters_check(l, 0, true);
 	uv_timer_stop(&l->tick);
+	dg__client_stop(l);
 	dg__members_stop(l);
 	dg__agent_free(l);
 	if (l->raft_started)
@@ -862,6 +871,12 @@ static void tick_cb(uv_timer_t *t)
 	raft_id id;
 	const char *addr = NULL;
 	uint64_t now = dg_now_ms();
+	if (!l->cfg.server) {
+		/* a client agent: no raft; its catalog reads go to the servers */
+		dg__client_tick(l, now);
+		dg__agent_tick(l);
+		return;
+	}
 	if (l->bootstrap_pending)
 		try_bootstrap(l);
 	bool leader = l->raft_started && raft_state(&l->raft) == RAFT_LEADER;
@@ -1306,8 +1321,10 @@ static void *loop_main(void *arg)
 		;
 	else if ((rv = dg__members_start(l, l->start_msg, sizeof(l->start_msg))) != 0)
 		;
-	else
+	else if (l->cfg.server)
 		rv = start_raft(l);
+	else
+		rv = dg__client_start(l, l->start_msg, sizeof(l->start_msg));
 	l->start_rv = rv;
 	if (rv == 0)
 		uv_timer_start(&l->tick, tick_cb, 20, 100);
@@ -1409,8 +1426,10 @@ void dg_lan_free(dg_lan *l)
 	dg__rpc_close(l);
 	run_tasks(l, true);
 	dg__members_free(l);
+	dg__client_free(l);
 	json_decref(l->members_json);
 	json_decref(l->raft_json);
+	dg_strv_free(l->server_rpc);
 	sem_destroy(&l->started);
 	sem_destroy(&l->left);
 	pthread_mutex_destroy(&l->mu);

@@ -83,6 +83,27 @@ static void in_cb(void *arg)
 	}
 	in->req = nng_aio_get_msg(in->aio);
 	nng_aio_set_msg(in->aio, NULL);
+	if (nng_msg_len(in->req) > 0 && *(uint8_t *)nng_msg_body(in->req) == DG_RPC_HTTP) {
+		/* a client agent's HTTP request: straight to the HTTP layer, not via the loop */
+		dg_lan *l = in->lan;
+		pthread_mutex_lock(&l->rpc.mu);
+		dg_lan_http_fn fn = l->rpc.closed ? NULL : l->rpc.http_fn;
+		void *fa = l->rpc.http_arg;
+		if (fn)
+			l->rpc.http_busy++;
+		pthread_mutex_unlock(&l->rpc.mu);
+		if (!fn) {
+			dg__rpc_reply(in, NULL, 0);
+			return;
+		}
+		fn(fa, (struct dg_lan_rpc_req *)in, (const uint8_t *)nng_msg_body(in->req) + 1,
+		   nng_msg_len(in->req) - 1);
+		pthread_mutex_lock(&l->rpc.mu);
+		if (--l->rpc.http_busy == 0)
+			pthread_cond_broadcast(&l->rpc.idle);
+		pthread_mutex_unlock(&l->rpc.mu);
+		return;
+	}
 	if (nng_msg_len(in->req) == 0 || dg__lan_post_rpc(in->lan, in) != 0) {
 		/* nothing to serve, or the loop is gone: an empty answer */
 		dg__rpc_reply(in, NULL, 0);
@@ -126,6 +147,22 @@ void dg__rpc_reply(struct rpc_in *in, const void *buf, size_t len)
 	in->sending = true;
 	nng_aio_set_msg(in->aio, m);
 	nng_ctx_send(in->ctx, in->aio);
+}
+
+void dg_lan_set_http_handler(dg_lan *l, dg_lan_http_fn fn, void *arg)
+{
+	pthread_mutex_lock(&l->rpc.mu);
+	l->rpc.http_fn = fn;
+	l->rpc.http_arg = arg;
+	/* once this returns, the old handler is not running and will not run again */
+	while (l->rpc.http_busy > 0)
+		pthread_cond_wait(&l->rpc.idle, &l->rpc.mu);
+	pthread_mutex_unlock(&l->rpc.mu);
+}
+
+void dg_lan_rpc_answer(struct dg_lan_rpc_req *req, const void *buf, size_t len)
+{
+	dg__rpc_reply((struct rpc_in *)req, buf, len);
 }
 
 /* ---- calling ---- */
@@ -232,6 +269,7 @@ int dg__rpc_listen(dg_lan *l, const char *bind, int port, char *msg, size_t len)
 	char url[128];
 	int rv;
 	pthread_mutex_init(&l->rpc.mu, NULL);
+	pthread_cond_init(&l->rpc.idle, NULL);
 	dg_map_init(&l->rpc.peers, false);
 	l->rpc.inited = true;
 	snprintf(url, sizeof(url), "tcp://%s:%d", bind, port);
@@ -287,6 +325,30 @@ void dg__rpc_close(dg_lan *l)
 	for (size_t i = 0; i < l->rpc.peers.n; i++)
 		free(l->rpc.peers.v[i].value);
 	dg_map_fini(&l->rpc.peers);
+	pthread_cond_destroy(&l->rpc.idle);
 	pthread_mutex_destroy(&l->rpc.mu);
 	l->rpc.inited = false;
+}
+
+int dg_lan_http_call(dg_lan *l, const void *buf, size_t len, unsigned timeout_ms,
+		     dg_lan_rpc_fn cb, void *arg)
+{
+	char addr[96] = "";
+	size_t n = 0;
+	pthread_mutex_lock(&l->mu);
+	while (l->server_rpc && l->server_rpc[n])
+		n++;
+	if (n > 0)
+		snprintf(addr, sizeof(addr), "%s", l->server_rpc[l->server_turn++ % n]);
+	pthread_mutex_unlock(&l->mu);
+	if (!*addr)
+		return DG_ENOSERVER;
+	uint8_t *msg = malloc(len + 1);
+	if (!msg)
+		return DG_ENOMEM;
+	msg[0] = DG_RPC_HTTP;
+	memcpy(msg + 1, buf, len);
+	int rv = dg__rpc_call(l, addr, msg, len + 1, timeout_ms, cb, arg);
+	free(msg);
+	return rv;
 }

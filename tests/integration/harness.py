@@ -321,6 +321,27 @@ class Server(Agent):
         return a + self.extra_args
 
 
+class ClientAgent(Agent):
+    """A client agent (no -server): keeps its own services and checks, sends everything else to
+    the servers it finds through -retry-join. start() waits until it answers /v1/agent/self and,
+    with wait, until it can read /v1/status/leader through a server."""
+
+    def __init__(self, join, **kw):
+        kw.setdefault("dev", False)
+        kw.setdefault("name", "client")
+        super().__init__(**kw)
+        self.join = join
+
+    def argv(self):
+        a = [dcgate_bin(), "agent", "-node", self.node, "-bind", self.addr, "-client", self.addr,
+             "-data-dir", self.data_dir, "-log-level", "debug"]
+        if self.join:
+            a += ["-retry-join", self.join]
+        if self.datacenter:
+            a += ["-datacenter", self.datacenter]
+        return a + self.extra_args
+
+
 class Cluster:
     """n servers of one datacenter that find each other through -retry-join to the first and
     bootstrap raft together (-bootstrap-expect n). start() returns once every server names the
