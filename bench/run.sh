@@ -490,6 +490,11 @@ timeout -k 10 900 bash "$HERE/tls.sh" "$DCGATE" ||
 timeout -k 10 900 bash "$HERE/federation.sh" "$DCGATE" ||
 	broke "bench/federation.sh (exit $?; its reasons are listed above)"
 
+# KV writes: bench/raft.sh starts etcd 3.4 (3 members, installed for the bench) and a 3-server
+# dcgate DC (RAFT_SERVERS) and prints PUT throughput and p99 at concurrency 1, 16, 64 next to etcd's.
+timeout -k 10 1200 bash "$HERE/raft.sh" "$DCGATE" ||
+	broke "bench/raft.sh (exit $?; its reasons are listed above)"
+
 if [ ${#BROKEN[@]} -gt 0 ]; then
 	echo
 	echo "broken (figures above marked - were not measured):"
