@@ -56,6 +56,7 @@ int dg__cat_name_link(dg_catalog *c, struct dg_cat_service *s);
 json_t *dg__cat_kv_apply(dg_catalog *c, json_t *op, bool *ok, char **err);
 void dg__cat_kv_free(struct dg_cat_kv *e);
 json_t *dg__cat_kv_json(const struct dg_cat_kv *e, bool with_value);
+int dg__cat_kv_write(struct dg_buf *b, const struct dg_cat_kv *e);
 int dg__cat_txn_apply(dg_catalog *c, json_t *cmd, json_t **result);
 
 /* session.c */

@@ -438,3 +438,33 @@ json_t *dg_cmd_kv(const char *verb, const char *key, const uint8_t *value, size_
 		json_object_set_new(o, "Session", json_string(session));
 	return o;
 }
+
+/* The object dg__cat_kv_json(e, true) builds, written straight into b as compact JSON: a raft
+ * snapshot writes one per key, and building and dumping a jansson tree for each was most of the
+ * time the loop thread spent on a snapshot of a large store. 0 or DG_ENOMEM. */
+int dg__cat_kv_write(struct dg_buf *b, const struct dg_cat_kv *e)
+{
+	int rv = dg_buf_appendf(b, "{\"LockIndex\":%llu,\"Key\":", (unsigned long long)e->lock_index);
+	if (rv == 0)
+		rv = dg_buf_append_json_string(b, e->key, strlen(e->key));
+	if (rv == 0)
+		/* as jansson prints it: a signed 64-bit integer */
+		rv = dg_buf_appendf(b, ",\"Flags\":%lld,\"Value\":", (long long)(json_int_t)e->flags);
+	if (rv == 0 && e->value_len) {
+		char *v = dg_base64_encode(e->value, e->value_len);
+		rv = v ? dg_buf_appendf(b, "\"%s\"", v) : DG_ENOMEM;
+		free(v);
+	} else if (rv == 0) {
+		rv = dg_buf_append(b, "null", 4);
+	}
+	if (rv == 0 && e->session) {
+		rv = dg_buf_append(b, ",\"Session\":", 11);
+		if (rv == 0)
+			rv = dg_buf_append_json_string(b, e->session, strlen(e->session));
+	}
+	if (rv == 0)
+		rv = dg_buf_appendf(b, ",\"CreateIndex\":%llu,\"ModifyIndex\":%llu}",
+				    (unsigned long long)e->create_index,
+				    (unsigned long long)e->modify_index);
+	return rv;
+}

@@ -58,8 +58,7 @@ char *dg_cat_snapshot(dg_catalog *c, size_t *len)
 		struct name_rec *r = c->names.v[i].value;
 		json_object_set_new(names, r->name, json_integer((json_int_t)r->index));
 	}
-	for (size_t i = 0; i < c->kv.n; i++)
-		json_array_append_new(kv, dg__cat_kv_json(c->kv.v[i].value, true));
+	/* the keys are written by hand after the rest (below): most of a large store's bytes */
 	for (size_t i = 0; i < c->tombstones.n; i++)
 		json_object_set_new(tombs, c->tombstones.v[i].key,
 				    json_integer((json_int_t)(uintptr_t)c->tombstones.v[i].value));
@@ -79,15 +78,36 @@ char *dg_cat_snapshot(dg_catalog *c, size_t *len)
 	}
 	json_object_set_new(root, "Nodes", nodes);
 	json_object_set_new(root, "Names", names);
-	json_object_set_new(root, "KV", kv);
+	json_decref(kv);
 	json_object_set_new(root, "Tombstones", tombs);
 	json_object_set_new(root, "LockDelay", delays);
 	json_object_set_new(root, "Sessions", sessions);
-	dg_cat_unlock(c);
-	char *out = json_dumps(root, JSON_COMPACT);
+	char *rest = json_dumps(root, JSON_COMPACT);
 	json_decref(root);
+	/* {..rest.., "KV":[...]}: the object without its closing brace, then the keys */
+	struct dg_buf b;
+	dg_buf_init(&b);
+	size_t rlen = rest ? strlen(rest) : 0;
+	int rv = rest && rlen >= 2 ? dg_buf_append(&b, rest, rlen - 1) : DG_ENOMEM;
+	if (rv == 0)
+		rv = dg_buf_append(&b, rlen > 2 ? ",\"KV\":[" : "\"KV\":[", rlen > 2 ? 7 : 6);
+	for (size_t i = 0; rv == 0 && i < c->kv.n; i++) {
+		if (i && (rv = dg_buf_append(&b, ",", 1)) != 0)
+			break;
+		rv = dg__cat_kv_write(&b, c->kv.v[i].value);
+	}
+	if (rv == 0)
+		rv = dg_buf_append(&b, "]}", 3); /* with the NUL */
+	dg_cat_unlock(c);
+	free(rest);
+	if (rv != 0) {
+		dg_buf_fini(&b);
+		return NULL;
+	}
+	size_t n;
+	char *out = dg_buf_steal(&b, &n);
 	if (out && len)
-		*len = strlen(out);
+		*len = n - 1;
 	return out;
 }
 

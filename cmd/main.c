@@ -611,6 +611,17 @@ static int run_agent(int argc, char **argv)
 		fprintf(stderr, "==> gossip_lan.probe_timeout must be shorter than probe_interval\n");
 		goto fail;
 	}
+	/* raft_snapshot_threshold: Consul's key and default */
+	json_int_t snapshot_threshold = 16384;
+	json_t *st = json_object_get(cfg, "raft_snapshot_threshold");
+	if (st) {
+		if (!json_is_integer(st) || json_integer_value(st) < 16 ||
+		    json_integer_value(st) > 10000000) {
+			fprintf(stderr, "==> raft_snapshot_threshold must be an integer 16..10000000\n");
+			goto fail;
+		}
+		snapshot_threshold = json_integer_value(st);
+	}
 	char **joins = lan_addrs(cfg, "start_join", "join");
 	char **retry_joins = lan_addrs(cfg, "retry_join", "retry-join");
 	dg_catalog *cat = dg_cat_new(dc);
@@ -625,7 +636,7 @@ static int run_agent(int argc, char **argv)
 	    .dev = temp_dir,
 	    .server = server,
 	    .check_deregister_min_ns = 60LL * 1000000000LL,
-	    .snapshot_threshold = 16384,
+	    .snapshot_threshold = (unsigned)snapshot_threshold,
 	    .version = DG_CONSUL_VERSION,
 	    .serf_lan_port = cfg_port(cfg, "serf_lan", 8301),
 	    .bootstrap_expect = ac.dev ? 1 : (int)expect,
@@ -732,12 +743,12 @@ static int run_agent(int argc, char **argv)
 		"           Node ID: '%s'\n"
 		"         Node name: '%s'\n"
 		"        Datacenter: '%s'\n"
-		"            Server: %s (Bootstrap: true)\n"
+		"            Server: %s (Bootstrap: %s)\n"
 		"       Client Addr: [%s] (HTTP: %d)\n"
 		"      Cluster Addr: %s (raft: %d)\n"
 		"          Data Dir: %s\n",
 		DG_VERSION, DG_CONSUL_VERSION, dg_lan_node_id(lan), node, dc,
-		server ? "true" : "false", client, dg_http_port(http), advertise, lc.server_port,
+		server ? "true" : "false", server && (ac.dev || expect == 1) ? "true" : "false", client, dg_http_port(http), advertise, lc.server_port,
 		temp_dir ? "(dev: temporary)" : data_dir);
 	DG_LOGI(MAIN, "started; HTTP API on %s:%d", client, dg_http_port(http));
 

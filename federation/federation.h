@@ -96,6 +96,7 @@ struct dg_fed_request {
 	size_t len;
 	unsigned timeout_ms; /* how long the remote may take: a blocking query's wait plus its
 			      * jitter; 0 for the default (10 s) */
+	bool to_leader;	     /* dg_fed_forward_lan: to the leader, not any server */
 };
 /* Forwards a request. Returns 0 when cb will be called, or an error (DG_ENOPATH, DG_ENOSERVER
  * are decided at once, from the pool's view) with cb not called. A request other than GET/HEAD

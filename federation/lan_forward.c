@@ -162,7 +162,10 @@ int dg_fed_forward_lan(dg_lan *lan, const struct dg_fed_request *req, dg_fed_don
 	if (hdr && c && (rv = dg_wan_msg_encode(&b, DG_WAN_HTTP, hdr, req->body, req->len)) == 0) {
 		c->cb = cb;
 		c->arg = arg;
-		rv = dg_lan_http_call(lan, b.data, b.len, ms + LAN_MARGIN_MS, lan_forward_done, c);
+		rv = req->to_leader ? dg_lan_http_call_leader(lan, b.data, b.len, ms + LAN_MARGIN_MS,
+							      lan_forward_done, c)
+				    : dg_lan_http_call(lan, b.data, b.len, ms + LAN_MARGIN_MS,
+						       lan_forward_done, c);
 	}
 	json_decref(hdr);
 	dg_buf_fini(&b);

@@ -584,6 +584,17 @@ static bool unspecified_ip(const char *addr)
 static json_t *member_json(struct dg_req *r, bool wan)
 {
 	dg_lan *lan = dg_http_lan(r);
+	if (!wan) {
+		/* this agent as LAN gossip shows it: its own tags (role node or consul, expect...) */
+		json_t *list = dg_lan_members(lan), *m, *self = NULL;
+		size_t i;
+		json_array_foreach(list, i, m) if (!self && strcmp(json_string_value(json_object_get(
+								       m, "Name")) ?: "",
+							   dg_http_node(r)) == 0) self = json_incref(m);
+		json_decref(list);
+		if (self)
+			return self;
+	}
 	const struct dg_http_config *cfg = dg_http_cfg(r);
 	char name[512], port[16], build[128];
 	snprintf(name, sizeof(name), "%s%s%s", dg_http_node(r), wan ? "." : "",

@@ -127,7 +127,6 @@ struct dg_req {
 	 * are the handler's once it sees fed_done. */
 	enum { DG_FED_NONE, DG_FED_FORWARD, DG_FED_JOIN } fed_kind;
 	bool fed_parked; /* suspended, waiting for the callback to resume it */
-	bool read_barrier; /* a follower's default-mode read waiting for the leader's index */
 	bool fed_done;	 /* the callback ran */
 	int fed_err;
 	struct dg_fed_response fed_resp; /* forward: the remote answer, owned by r */
@@ -225,7 +224,10 @@ int dg_serve_read(struct dg_req *r, unsigned topics, const char *key, dg_index_f
  * datacenter". A blocking query (?index) may take its wait plus jitter plus 5 s. */
 int dg_req_forward(struct dg_req *r, const char *dc);
 /* (dc NULL: a client agent's request, to a server of its own DC over 8301; 500 "No known Consul
- * servers" when it knows none.) */
+ * servers" when it knows none. dc LEADER: a follower's read, to the leader; 500 "No cluster
+ * leader" when none is known.) */
+extern const char dg__leader_dc[];
+#define LEADER dg__leader_dc
 /* Joins the WAN pool through addr and suspends until it is done; the handler is then called
  * again with r->fed_done set, r->fed_err 0 or an error and r->fed_msg the reason (may be NULL).
  * When federation refuses at once (or there is none: DG_EINVAL), or the join is over before

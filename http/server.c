@@ -329,7 +329,11 @@ int dg_req_write(struct dg_req *r, json_t *cmd)
 	r->ops->suspend(r);
 	r->suspended = true;
 	__atomic_add_fetch(&h->writes_in_flight, 1, __ATOMIC_RELAXED);
-	int rv = dg_lan_write(h->lan, cmd, write_cb, r);
+	/* the agent endpoints read this server's own copy: a write through them is answered once
+	 * it has been applied here too */
+	int rv = strncmp(r->url, "/v1/agent/", 10) == 0
+			 ? dg_lan_write_then_read(h->lan, cmd, write_cb, r)
+			 : dg_lan_write(h->lan, cmd, write_cb, r);
 	if (rv != 0) {
 		r->write_status = rv;
 		r->write_done = true;
@@ -764,6 +768,8 @@ static void cache_control(struct dg_req *r, int64_t *max_age, int64_t *stale_if_
 	}
 }
 
+const char dg__leader_dc[] = "(leader)";
+
 int dg_req_forward(struct dg_req *r, const char *dc)
 {
 	dg_http *h = r->srv;
@@ -775,7 +781,9 @@ int dg_req_forward(struct dg_req *r, const char *dc)
 	json_decref(r->fed_headers);
 	r->fed_path = NULL;
 	r->fed_headers = NULL;
-	bool to_server = dc == NULL; /* a client agent's request for its own DC's servers */
+	/* NULL: a client agent's request for its own DC's servers; LEADER: a follower's read */
+	bool to_leader = dc == LEADER;
+	bool to_server = dc == NULL || to_leader;
 	if (to_server)
 		dc = dg_cat_dc(h->cat);
 	if (!(r->fed_dc = strdup(dc)) || forward_path(r, &path) != 0 ||
@@ -791,6 +799,7 @@ int dg_req_forward(struct dg_req *r, const char *dc)
 	    .body = r->body.data,
 	    .len = r->body.len,
 	    .timeout_ms = forward_timeout_ms(r),
+	    .to_leader = to_leader,
 	};
 	r->fed_kind = DG_FED_FORWARD;
 	r->fed_done = false;
@@ -816,6 +825,8 @@ int dg_req_forward(struct dg_req *r, const char *dc)
 		r->fed_kind = DG_FED_NONE;
 		if (to_server && rv == DG_ENOSERVER)
 			return dg_reply_text(r, 500, "No known Consul servers", 0);
+		if (to_server && rv == DG_ENOLEADER)
+			return dg_reply_text(r, 500, dg_strerror(DG_ENOLEADER), 0);
 		return reply_fed_error(r, rv);
 	}
 	return fed_park(r) ? MHD_YES : reply_forwarded(r);
@@ -929,6 +940,10 @@ static bool forwardable(const char *path)
  * has applied what the leader had (dg_lan_read_barrier). ?stale reads are served as they are. */
 static bool leader_read(struct dg_req *r)
 {
+	/* a renew resets the TTL timer the leader keeps, and answers with the session as the
+	 * leader has it */
+	if (r->method == DG_PUT && strncmp(r->url, "/v1/session/renew/", 18) == 0)
+		return dg_lan_config(r->srv->lan)->server && !dg_lan_is_leader(r->srv->lan);
 	return r->method == DG_GET && !r->q.stale && forwardable(r->url) &&
 	       strncmp(r->url, "/v1/status/", 11) != 0 && strncmp(r->url, "/v1/event/", 10) != 0 &&
 	       dg_lan_config(r->srv->lan)->server && !dg_lan_is_leader(r->srv->lan);
@@ -954,11 +969,6 @@ static int client_forward(struct dg_req *r)
 		json_decref(body);
 	}
 	return dg_req_forward(r, NULL);
-}
-
-static int barrier_start(dg_lan *l, const char *a, const char *b, dg_lan_done_fn cb, void *arg)
-{
-	return dg_lan_read_barrier(l, cb, arg);
 }
 
 static int dispatch(struct dg_req *r)
@@ -1012,19 +1022,10 @@ static int dispatch(struct dg_req *r)
 			return client_forward(r);
 		if (r->q.dc && strcmp(r->q.dc, dg_cat_dc(r->srv->cat)) != 0 && forwardable(r->url))
 			return dg_req_forward(r, r->q.dc);
-		if (leader_read(r)) {
-			r->read_barrier = true;
-			int rv = dg_req_lan_op(r, barrier_start, NULL, NULL);
-			if (rv != DG_HTTP_RETRY)
-				return rv;
-		}
-	}
-	if (r->read_barrier && r->fed_done) {
-		r->read_barrier = false;
-		r->fed_kind = DG_FED_NONE;
-		r->fed_done = false;
-		if (r->fed_err)
-			return dg_reply_text(r, 500, dg_strerror(DG_ENOLEADER), 0);
+		/* the default consistency mode reads what the leader has: a follower passes the
+		 * read on to it over 8301, as Consul's servers do */
+		if (leader_read(r))
+			return dg_req_forward(r, LEADER);
 	}
 	/* a forward's answer is the remote DC's, whichever handler started it */
 	if (r->fed_kind == DG_FED_FORWARD && r->fed_done)

@@ -301,27 +301,14 @@ static int session_destroy(struct dg_req *r)
 	return dg_req_write(r, cmd);
 }
 
-static int renew_start(dg_lan *l, const char *id, const char *unused, dg_lan_done_fn cb,
-		       void *arg)
-{
-	return dg_lan_session_renew_at_leader(l, id, cb, arg);
-}
-
 static int session_renew(struct dg_req *r)
 {
 	const char *id = r->arg;
 	dg_catalog *cat = dg_http_cat(r);
 	if (!*id)
 		return dg_reply_text(r, 400, "Missing session", 0);
-	int rv;
-	if (dg_lan_is_leader(dg_http_lan(r))) {
-		rv = dg_lan_session_renew(dg_http_lan(r), id);
-	} else if (!r->fed_done) {
-		/* the leader keeps the TTL timers: a follower passes the renew on */
-		return dg_req_lan_op(r, renew_start, id, NULL);
-	} else {
-		rv = r->fed_err;
-	}
+	/* on a follower this never runs: the renew is passed to the leader (server.c) */
+	int rv = dg_lan_session_renew(dg_http_lan(r), id);
 	if (rv != 0 && rv != DG_ENOTFOUND)
 		return dg_reply_text(r, 500, dg_strerror(rv), 0);
 	json_t *out = NULL;

@@ -262,8 +262,14 @@ int dg__client_start(dg_lan *l, char *msg, size_t len)
 		return DG_ENOMEM;
 	l->client = c;
 	c->dirty = true;
-	if (l->cfg.data_dir && !l->cfg.dev)
+	if (l->cfg.data_dir && !l->cfg.dev) {
+		if (dg__make_dir(l->cfg.data_dir) != 0) {
+			snprintf(msg, len, "cannot create data dir %s: %s", l->cfg.data_dir,
+				 strerror(errno));
+			return DG_EIO;
+		}
 		snprintf(c->path, sizeof(c->path), "%s/local-state.json", l->cfg.data_dir);
+	}
 	int rv = *c->path ? load_state(l, msg, len) : 0;
 	if (rv != 0)
 		return rv;

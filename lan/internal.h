@@ -20,7 +20,6 @@ enum {
 	DG_RPC_WRITE = 0xC1,	   /* a command for the leader's raft: JSON text follows */
 	DG_RPC_WRITE_REPLY = 0xC2, /* {"Status":0|dg error,"Result":{...}} */
 	DG_RPC_RAFT = 0xC3,	   /* a raft membership change for the leader: JSON text */
-	DG_RPC_READ_INDEX = 0xC4,  /* "what have you applied?" -> {"Status":0,"Index":n} */
 	DG_RPC_WRITE_RELAY = 0xC5, /* a client agent's write: as 0xC1, passed on to the leader */
 	DG_RPC_HTTP = 0xC6,	   /* a client agent's HTTP request (wan/msg.h HTTP) for a server */
 };
@@ -79,6 +78,7 @@ struct write_req {
 	int status;		 /* a forwarded write's outcome, for the loop */
 	json_t *result;
 	uint64_t applied_index;	 /* the raft index the leader applied it at */
+	bool wait_local;	 /* forwarded: answer once applied here too */
 };
 
 struct dg__agent;
@@ -142,6 +142,7 @@ struct dg_lan {
 	json_t *members_json; /* GET /v1/agent/members */
 	json_t *raft_json;    /* GET /v1/operator/raft/configuration */
 	char **server_rpc;    /* 8301 addresses of this DC's alive servers (NULL-terminated) */
+	char leader_rpc_pub[96]; /* leader_rpc, for other threads */
 	unsigned server_turn; /* round robin over them */
 };
 
@@ -174,6 +175,9 @@ const uint8_t *dg__rpc_request(struct rpc_in *in, size_t *len);
 const char *dg__rpc_peer_addr(struct rpc_in *in, char *buf, size_t len);
 /* Answers an incoming request (any thread), once. */
 void dg__rpc_reply(struct rpc_in *in, const void *buf, size_t len);
+
+/* mkdir -p (mode 0700). 0, DG_EINVAL (too long) or DG_EIO (errno says why). */
+int dg__make_dir(const char *path);
 
 /* client.c, on the loop thread */
 int dg__client_start(dg_lan *l, char *msg, size_t len);

@@ -74,6 +74,9 @@ typedef void (*dg_lan_write_cb)(void *arg, int status, json_t *result);
 /* Proposes cmd (a JSON object; ownership passes to dg_lan_write) through raft. "Now" is filled
  * in here. Returns 0 (cb will be called exactly once) or an error (cb is never called). */
 int dg_lan_write(dg_lan *l, json_t *cmd, dg_lan_write_cb cb, void *arg);
+/* The same, and on a follower cb waits until this server has applied the write itself: for the
+ * agent endpoints, whose reads are of this server's own copy. */
+int dg_lan_write_then_read(dg_lan *l, json_t *cmd, dg_lan_write_cb cb, void *arg);
 
 /* Called on the loop thread, without locks, after each apply that changed something. */
 typedef void (*dg_lan_change_hook)(void *arg, const struct dg_cat_change *v, size_t n);
@@ -82,9 +85,6 @@ void dg_lan_set_change_hook(dg_lan *l, dg_lan_change_hook hook, void *arg);
 /* Session TTL bookkeeping on the leader: renew resets the timer. 0 or DG_ENOTFOUND. */
 int dg_lan_session_renew(dg_lan *l, const char *id);
 
-/* The same on a follower: the leader keeps the TTL timers, so the renew goes to it. cb gets
- * 0, DG_ENOTFOUND (no such session) or DG_ENOLEADER. */
-int dg_lan_session_renew_at_leader(dg_lan *l, const char *id, dg_lan_done_fn cb, void *arg);
 
 /* Counters for /v1/agent/metrics. */
 struct dg_lan_stats {
@@ -97,11 +97,6 @@ struct dg_lan_stats {
 };
 void dg_lan_stats(dg_lan *l, struct dg_lan_stats *out);
 
-/* A read in the default consistency mode on a follower: cb(arg, 0, NULL) on the loop thread
- * once this server has applied everything the leader had applied when asked (at once on the
- * leader), so a read after an acknowledged write sees it on every server; DG_ENOLEADER when no
- * leader answers. 0 (cb called once) or an error. */
-int dg_lan_read_barrier(dg_lan *l, dg_lan_done_fn cb, void *arg);
 
 /* ---- membership (LAN gossip) ---- */
 
@@ -134,6 +129,10 @@ void dg_lan_rpc_answer(struct dg_lan_rpc_req *req, const void *buf, size_t len);
 typedef void (*dg_lan_rpc_fn)(void *arg, int err, const uint8_t *buf, size_t len);
 int dg_lan_http_call(dg_lan *l, const void *buf, size_t len, unsigned timeout_ms,
 		     dg_lan_rpc_fn cb, void *arg);
+/* Servers: the same to the leader (a follower's default-mode read); DG_ENOLEADER when none is
+ * known. */
+int dg_lan_http_call_leader(dg_lan *l, const void *buf, size_t len, unsigned timeout_ms,
+			    dg_lan_rpc_fn cb, void *arg);
 
 /* ---- raft ---- */
 

@@ -91,15 +91,13 @@ static int fsm_snapshot(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsign
 	if (!text)
 		return RAFT_NOMEM;
 	struct raft_buffer *b = raft_malloc(sizeof(*b));
-	char *base = b ? raft_malloc(len ? len : 1) : NULL;
-	if (!b || !base) {
-		raft_free(b);
+	if (!b) {
 		free(text);
 		return RAFT_NOMEM;
 	}
-	memcpy(base, text, len);
-	free(text);
-	b->base = base;
+	/* handed over without a copy: libraft's default allocator is malloc, and
+	 * fsm_snapshot_finalize frees it */
+	b->base = text;
 	b->len = len;
 	*bufs = b;
 	*n_bufs = 1;
@@ -186,7 +184,7 @@ static void forward_answer(dg_lan *l, void *arg, bool cancelled)
 		return;
 	}
 	/* read-your-writes on this server too: answer once it has applied the write itself */
-	if (!cancelled && w->status == 0 && l->raft_started && !w->reply_to &&
+	if (!cancelled && w->status == 0 && l->raft_started && !w->reply_to && w->wait_local &&
 	    w->applied_index > raft_last_applied(&l->raft) && wait_applied(l, w) == 0)
 		return;
 	write_done(w);
@@ -390,13 +388,6 @@ static void handle_rpc(dg_lan *l, void *arg, bool cancelled)
 		dg__members_stream(l, in, buf, len);
 		return;
 	}
-	if (buf[0] == DG_RPC_READ_INDEX) {
-		bool leader = l->raft_started && raft_state(&l->raft) == RAFT_LEADER;
-		answer_json(in, leader ? json_pack("{s:i, s:I}", "Status", 0, "Index",
-						   (json_int_t)raft_last_applied(&l->raft))
-				       : json_pack("{s:i}", "Status", DG_EBUSY));
-		return;
-	}
 	json_t *req = NULL;
 	if ((buf[0] == DG_RPC_WRITE || buf[0] == DG_RPC_WRITE_RELAY || buf[0] == DG_RPC_RAFT) &&
 	    l->cfg.server)
@@ -466,7 +457,19 @@ static void run_tasks(dg_lan *l, bool cancelled)
 	}
 }
 
+static int lan_write(dg_lan *l, json_t *cmd, bool wait_local, dg_lan_write_cb cb, void *arg);
+
 int dg_lan_write(dg_lan *l, json_t *cmd, dg_lan_write_cb cb, void *arg)
+{
+	return lan_write(l, cmd, false, cb, arg);
+}
+
+int dg_lan_write_then_read(dg_lan *l, json_t *cmd, dg_lan_write_cb cb, void *arg)
+{
+	return lan_write(l, cmd, true, cb, arg);
+}
+
+static int lan_write(dg_lan *l, json_t *cmd, bool wait_local, dg_lan_write_cb cb, void *arg)
 {
 	struct write_req *w = calloc(1, sizeof(*w));
 	if (!w) {
@@ -478,6 +481,7 @@ int dg_lan_write(dg_lan *l, json_t *cmd, dg_lan_write_cb cb, void *arg)
 	w->cmd = cmd;
 	w->cb = cb;
 	w->arg = arg;
+	w->wait_local = wait_local;
 	pthread_mutex_lock(&l->mu);
 	if (l->stopping) {
 		pthread_mutex_unlock(&l->mu);
@@ -525,15 +529,13 @@ void dg__lan_write_local(dg_lan *l, json_t *cmd)
 	submit(l, w);
 }
 
-/* ---- reads on followers ---- */
+/* ---- writes waiting to be applied here ---- */
 
+/* A write forwarded to the leader through an agent endpoint, answered once this server has
+ * applied it too (the agent endpoints read this server's copy). */
 struct read_waiter {
-	dg_lan *lan;
 	uint64_t index;
-	dg_lan_done_fn cb;    /* a read barrier's, or NULL for ... */
-	struct write_req *w;  /* ... a forwarded write answered once applied here */
-	void *arg;
-	int err;
+	struct write_req *w;
 	struct read_waiter *next;
 };
 
@@ -542,7 +544,6 @@ static int wait_applied(dg_lan *l, struct write_req *w)
 	struct read_waiter *rw = calloc(1, sizeof(*rw));
 	if (!rw)
 		return DG_ENOMEM;
-	rw->lan = l;
 	rw->index = w->applied_index;
 	rw->w = w;
 	rw->next = l->read_waiters;
@@ -560,79 +561,9 @@ static void read_waiters_check(dg_lan *l, uint64_t applied, bool cancel)
 			continue;
 		}
 		*pp = w->next;
-		if (w->w)
-			write_done(w->w); /* the write was applied on the leader: it succeeded */
-		else
-			w->cb(w->arg, cancel ? DG_ESHUTDOWN : 0, NULL);
+		write_done(w->w); /* applied on the leader: it succeeded, whatever happens here */
 		free(w);
 	}
-}
-
-static void read_index_task(dg_lan *l, void *arg, bool cancelled)
-{
-	struct read_waiter *w = arg;
-	if (cancelled || w->err) {
-		int err = cancelled ? DG_ESHUTDOWN : w->err;
-		w->cb(w->arg, err, dg_strerror(err));
-		free(w);
-		return;
-	}
-	w->next = l->read_waiters;
-	l->read_waiters = w;
-	read_waiters_check(l, raft_last_applied(&l->raft), false);
-}
-
-static void read_index_done(void *arg, int err, const uint8_t *buf, size_t len)
-{
-	struct read_waiter *w = arg;
-	w->err = err ? DG_ENOLEADER : 0;
-	if (!err) {
-		json_t *ans = len > 1 && buf[0] == DG_RPC_WRITE_REPLY
-				      ? json_loadb((const char *)buf + 1, len - 1, 0, NULL)
-				      : NULL;
-		json_t *idx = json_object_get(ans, "Index");
-		if (json_integer_value(json_object_get(ans, "Status")) != 0 || !json_is_integer(idx))
-			w->err = DG_ENOLEADER;
-		else
-			w->index = (uint64_t)json_integer_value(idx);
-		json_decref(ans);
-	}
-	if (dg__lan_post(w->lan, read_index_task, w) != 0) {
-		w->cb(w->arg, DG_ESHUTDOWN, NULL);
-		free(w);
-	}
-}
-
-static void read_barrier_run(dg_lan *l, void *arg, bool cancelled)
-{
-	struct read_waiter *w = arg;
-	bool leader = l->raft_started && raft_state(&l->raft) == RAFT_LEADER;
-	int rv = cancelled ? DG_ESHUTDOWN : 0;
-	if (!cancelled && !leader) {
-		uint8_t q = DG_RPC_READ_INDEX;
-		rv = l->leader_rpc[0] ? dg__rpc_call(l, l->leader_rpc, &q, 1, DG_RPC_WRITE_TIMEOUT_MS,
-						     read_index_done, w)
-				      : DG_ENOLEADER;
-		if (rv == 0)
-			return;
-		rv = DG_ENOLEADER;
-	}
-	w->cb(w->arg, rv, rv ? dg_strerror(rv) : NULL);
-	free(w);
-}
-
-int dg_lan_read_barrier(dg_lan *l, dg_lan_done_fn cb, void *arg)
-{
-	struct read_waiter *w = calloc(1, sizeof(*w));
-	if (!w)
-		return DG_ENOMEM;
-	w->lan = l;
-	w->cb = cb;
-	w->arg = arg;
-	int rv = dg__lan_post(l, read_barrier_run, w);
-	if (rv != 0)
-		free(w);
-	return rv;
 }
 
 /* ---- loop ---- */
@@ -898,6 +829,7 @@ static void tick_cb(uv_timer_t *t)
 		l->leader_rpc[0] = 0;
 
 	pthread_mutex_lock(&l->mu);
+	snprintf(l->leader_rpc_pub, sizeof(l->leader_rpc_pub), "%s", l->leader_rpc);
 	l->leader_known = addr != NULL;
 	snprintf(l->leader, sizeof(l->leader), "%s", addr ? addr : "");
 	l->last_contact_ms = contact;
@@ -927,7 +859,6 @@ static void tick_cb(uv_timer_t *t)
 
 struct peer_change {
 	dg_lan *lan;
-	bool renew; /* a session renew for the leader's TTL timers, not a raft change */
 	char id[64];
 	char address[96];
 	dg_lan_done_fn cb;
@@ -942,18 +873,7 @@ static void peer_change_finish(dg_lan *l, struct peer_change *pc)
 {
 	(void)l;
 	if (pc->in) {
-		json_t *ans = json_pack("{s:i, s:s}", "Status", pc->err, "Error", pc->msg);
-		char *text = ans ? json_dumps(ans, JSON_COMPACT) : NULL;
-		struct dg_buf b;
-		dg_buf_init(&b);
-		if (text && dg_buf_append(&b, (uint8_t[]){DG_RPC_WRITE_REPLY}, 1) == 0 &&
-		    dg_buf_append(&b, text, strlen(text)) == 0)
-			dg__rpc_reply(pc->in, b.data, b.len);
-		else
-			dg__rpc_reply(pc->in, NULL, 0);
-		dg_buf_fini(&b);
-		free(text);
-		json_decref(ans);
+		answer_json(pc->in, json_pack("{s:i, s:s}", "Status", pc->err, "Error", pc->msg));
 	} else if (pc->cb) {
 		pc->cb(pc->arg, pc->err, pc->err ? pc->msg : NULL);
 	}
@@ -977,13 +897,6 @@ static void peer_remove_forwarded(void *arg, int err, const uint8_t *buf, size_t
 static void peer_remove_run(dg_lan *l, struct peer_change *pc)
 {
 	raft_id target = 0;
-	if (pc->renew && l->raft_started && raft_state(&l->raft) == RAFT_LEADER) {
-		pc->err = dg_lan_session_renew(l, pc->id);
-		if (pc->err)
-			snprintf(pc->msg, sizeof(pc->msg), "Session id '%s' not found", pc->id);
-		peer_change_finish(l, pc);
-		return;
-	}
 	for (unsigned i = 0; l->raft_started && i < l->raft.configuration.n; i++) {
 		const struct raft_server *cs = &l->raft.configuration.servers[i];
 		if ((*pc->address && strcmp(cs->address, pc->address) == 0) ||
@@ -992,8 +905,7 @@ static void peer_remove_run(dg_lan *l, struct peer_change *pc)
 	}
 	bool leader = l->raft_started && raft_state(&l->raft) == RAFT_LEADER;
 	if (!leader && !pc->in && l->leader_rpc[0]) {
-		json_t *req = json_pack("{s:s, s:s, s:s}", "Op",
-					pc->renew ? "session_renew" : "remove_peer", "ID", pc->id,
+		json_t *req = json_pack("{s:s, s:s, s:s}", "Op", "remove_peer", "ID", pc->id,
 					"Address", pc->address);
 		char *text = req ? json_dumps(req, JSON_COMPACT) : NULL;
 		struct dg_buf b;
@@ -1076,7 +988,7 @@ static void serve_raft_change(dg_lan *l, struct rpc_in *in, json_t *req)
 {
 	struct peer_change *pc = calloc(1, sizeof(*pc));
 	const char *op = json_string_value(json_object_get(req, "Op"));
-	if (!pc || !op || (strcmp(op, "remove_peer") != 0 && strcmp(op, "session_renew") != 0)) {
+	if (!pc || !op || strcmp(op, "remove_peer") != 0) {
 		free(pc);
 		json_decref(req);
 		dg__rpc_reply(in, NULL, 0);
@@ -1084,7 +996,6 @@ static void serve_raft_change(dg_lan *l, struct rpc_in *in, json_t *req)
 	}
 	pc->lan = l;
 	pc->in = in;
-	pc->renew = strcmp(op, "session_renew") == 0;
 	const char *id = json_string_value(json_object_get(req, "ID"));
 	const char *addr = json_string_value(json_object_get(req, "Address"));
 	snprintf(pc->id, sizeof(pc->id), "%s", id ? id : "");
@@ -1105,22 +1016,6 @@ static void peer_remove_task(dg_lan *l, void *arg, bool cancelled)
 	peer_remove_run(l, pc);
 }
 
-int dg_lan_session_renew_at_leader(dg_lan *l, const char *id, dg_lan_done_fn cb, void *arg)
-{
-	struct peer_change *pc = calloc(1, sizeof(*pc));
-	if (!pc)
-		return DG_ENOMEM;
-	pc->lan = l;
-	pc->renew = true;
-	snprintf(pc->id, sizeof(pc->id), "%s", id);
-	pc->cb = cb;
-	pc->arg = arg;
-	int rv = dg__lan_post(l, peer_remove_task, pc);
-	if (rv != 0)
-		free(pc);
-	return rv;
-}
-
 int dg_lan_remove_peer(dg_lan *l, const char *id, const char *address, dg_lan_done_fn cb,
 		       void *arg)
 {
@@ -1138,7 +1033,7 @@ int dg_lan_remove_peer(dg_lan *l, const char *id, const char *address, dg_lan_do
 	return rv;
 }
 
-static int make_dir(const char *path)
+int dg__make_dir(const char *path)
 {
 	char tmp[PATH_MAX];
 	int n = snprintf(tmp, sizeof(tmp), "%s", path);
@@ -1240,7 +1135,7 @@ static int start_raft(dg_lan *l)
 		l->tmpdir = true;
 	} else {
 		n = snprintf(l->dir, sizeof(l->dir), "%s/raft", l->cfg.data_dir);
-		if (n < 0 || (size_t)n >= sizeof(l->dir) || make_dir(l->dir) != 0) {
+		if (n < 0 || (size_t)n >= sizeof(l->dir) || dg__make_dir(l->dir) != 0) {
 			snprintf(l->start_msg, sizeof(l->start_msg),
 				 "cannot create data dir %s: %s", l->cfg.data_dir, strerror(errno));
 			return DG_EIO;

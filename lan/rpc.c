@@ -330,19 +330,23 @@ void dg__rpc_close(dg_lan *l)
 	l->rpc.inited = false;
 }
 
-int dg_lan_http_call(dg_lan *l, const void *buf, size_t len, unsigned timeout_ms,
+static int http_call(dg_lan *l, bool to_leader, const void *buf, size_t len, unsigned timeout_ms,
 		     dg_lan_rpc_fn cb, void *arg)
 {
 	char addr[96] = "";
 	size_t n = 0;
 	pthread_mutex_lock(&l->mu);
-	while (l->server_rpc && l->server_rpc[n])
-		n++;
-	if (n > 0)
-		snprintf(addr, sizeof(addr), "%s", l->server_rpc[l->server_turn++ % n]);
+	if (to_leader) {
+		snprintf(addr, sizeof(addr), "%s", l->leader_rpc_pub);
+	} else {
+		while (l->server_rpc && l->server_rpc[n])
+			n++;
+		if (n > 0)
+			snprintf(addr, sizeof(addr), "%s", l->server_rpc[l->server_turn++ % n]);
+	}
 	pthread_mutex_unlock(&l->mu);
 	if (!*addr)
-		return DG_ENOSERVER;
+		return to_leader ? DG_ENOLEADER : DG_ENOSERVER;
 	uint8_t *msg = malloc(len + 1);
 	if (!msg)
 		return DG_ENOMEM;
@@ -351,4 +355,16 @@ int dg_lan_http_call(dg_lan *l, const void *buf, size_t len, unsigned timeout_ms
 	int rv = dg__rpc_call(l, addr, msg, len + 1, timeout_ms, cb, arg);
 	free(msg);
 	return rv;
+}
+
+int dg_lan_http_call(dg_lan *l, const void *buf, size_t len, unsigned timeout_ms,
+		     dg_lan_rpc_fn cb, void *arg)
+{
+	return http_call(l, false, buf, len, timeout_ms, cb, arg);
+}
+
+int dg_lan_http_call_leader(dg_lan *l, const void *buf, size_t len, unsigned timeout_ms,
+			    dg_lan_rpc_fn cb, void *arg)
+{
+	return http_call(l, true, buf, len, timeout_ms, cb, arg);
 }
