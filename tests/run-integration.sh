@@ -60,6 +60,7 @@ long=(
   "$here/integration/test_many_waiters.py"
   "$here/integration/test_federation.py"
   "$here/integration/test_cluster.py"
+  "$here/integration/test_example_cluster.py"
 )
 # Federation on the emulated WAN (network namespaces, 150 ms each way, loss, stalls): mostly
 # waiting too, so a third group of its own, beside the other two.
