@@ -693,23 +693,9 @@ static int run_agent(int argc, char **argv)
 	}
 	dg_wan *wan = NULL;
 	dg_fed *fed = NULL;
-	if (server && !dg_tls_policy_has_identity(&pol)) {
-		/* no WAN, but the DC's client agents send their catalog requests here */
-		struct dg_fed_config fc = {.dc = dc, .local = &dg_http_local_ops, .local_srv = http,
-					   .lan = lan};
-		if (dg_fed_start(&fc, &fed, msg, sizeof(msg)) != 0) {
-			fprintf(stderr, "==> Error starting request forwarding: %s\n", msg);
-			dg_http_free(http);
-			dg_lan_free(lan);
-			dg_cat_free(cat);
-			free(self_text);
-			free(node_id);
-			dg_tls_policy_fini(&pol);
-			goto fail;
-		}
-		dg_http_set_fed(http, fed);
-	}
-	if (server && dg_tls_policy_has_identity(&pol)) {
+	if (server) {
+		/* the WAN pool when this server has certificates; federation in any case, which
+		 * also runs the catalog requests of the DC's client agents */
 		struct dg_wan_config wc = {
 		    .bind = bind,
 		    .advertise = cfg_str(cfg, "advertise_addr_wan", advertise),
@@ -721,9 +707,13 @@ static int run_agent(int argc, char **argv)
 		    .tls = &pol};
 		struct dg_fed_config fc = {.dc = dc, .local = &dg_http_local_ops,
 					   .local_srv = http, .lan = lan};
-		if (dg_wan_start(&wc, &wan, msg, sizeof(msg)) != 0 ||
+		if ((dg_tls_policy_has_identity(&pol) &&
+		     dg_wan_start(&wc, &wan, msg, sizeof(msg)) != 0) ||
 		    ((fc.wan = wan), dg_fed_start(&fc, &fed, msg, sizeof(msg)) != 0)) {
-			fprintf(stderr, "==> Error starting the WAN pool: %s\n", msg);
+			fprintf(stderr, "==> Error starting %s: %s\n",
+				wan || dg_tls_policy_has_identity(&pol) ? "the WAN pool"
+									: "request forwarding",
+				msg);
 			dg_wan_free(wan);
 			dg_http_free(http);
 			dg_lan_free(lan);
@@ -734,8 +724,11 @@ static int run_agent(int argc, char **argv)
 			goto fail;
 		}
 		dg_http_set_fed(http, fed);
-		each_wan_addr(cfg, "start_join_wan", "join-wan", wan, join_once);
-		each_wan_addr(cfg, "retry_join_wan", "retry-join-wan", wan, dg_wan_retry_join);
+		if (wan) {
+			each_wan_addr(cfg, "start_join_wan", "join-wan", wan, join_once);
+			each_wan_addr(cfg, "retry_join_wan", "retry-join-wan", wan,
+				      dg_wan_retry_join);
+		}
 	}
 	fprintf(stderr,
 		"==> dcgate agent running!\n"

@@ -339,27 +339,7 @@ static void release_held(dg_lan *l, uint64_t now)
 
 /* The answer to a write another server forwarded: its status, result and the raft index it was
  * applied at, which the sender waits to have applied itself before it answers its client. */
-static void answer_write(void *arg, int status, json_t *result, uint64_t index)
-{
-	struct rpc_in *in = arg;
-	json_t *ans = json_pack("{s:i, s:O?, s:I}", "Status", status, "Result", result, "Index",
-				(json_int_t)index);
-	char *text = ans ? json_dumps(ans, JSON_COMPACT) : NULL;
-	struct dg_buf b;
-	dg_buf_init(&b);
-	if (text && dg_buf_append(&b, (uint8_t[]){DG_RPC_WRITE_REPLY}, 1) == 0 &&
-	    dg_buf_append(&b, text, strlen(text)) == 0)
-		dg__rpc_reply(in, b.data, b.len);
-	else
-		dg__rpc_reply(in, NULL, 0);
-	dg_buf_fini(&b);
-	free(text);
-	json_decref(ans);
-	json_decref(result);
-}
-
-static void serve_raft_change(dg_lan *l, struct rpc_in *in, json_t *req);
-
+/* Answers a request on 8301 with a 0xC2 reply of ans (consumed; NULL: an empty answer). */
 static void answer_json(struct rpc_in *in, json_t *ans)
 {
 	char *text = ans ? json_dumps(ans, JSON_COMPACT) : NULL;
@@ -374,6 +354,17 @@ static void answer_json(struct rpc_in *in, json_t *ans)
 	free(text);
 	json_decref(ans);
 }
+
+/* The answer to a write another server forwarded: its status, result and the raft index it was
+ * applied at, which the sender may wait to have applied itself before it answers its client. */
+static void answer_write(void *arg, int status, json_t *result, uint64_t index)
+{
+	answer_json(arg, json_pack("{s:i, s:O?, s:I}", "Status", status, "Result", result, "Index",
+				   (json_int_t)index));
+	json_decref(result);
+}
+
+static void serve_raft_change(dg_lan *l, struct rpc_in *in, json_t *req);
 
 static void handle_rpc(dg_lan *l, void *arg, bool cancelled)
 {
