@@ -11,8 +11,8 @@
 # usage: run-integration.sh [--quick]
 #   --quick  a fast core subset (well under 2 minutes, also with a sanitizer build): agent service
 #            register/deregister, KV, catalog and health, two blocking queries, the quick bad-input
-#            tests, the CLI tests and three federation tests (WAN members, KV and a catalog
-#            register across three DCs); no interop and none of the other long or slow-client tests. The
+#            tests, the CLI tests, three federation tests (WAN members, KV and a catalog
+#            register across three DCs) and three servers with five client agents; no interop and none of the other long or slow-client tests. The
 #            list is `quick` below; a selector that no longer names a test fails the run.
 #
 # env: DCGATE_BIN   the agent binary (the Makefile sets it; default build/dcgate)
@@ -92,6 +92,7 @@ quick_tests=(
   "$it/test_federation.py::FederationTest.test_members_wan"
   "$it/test_federation.py::FederationTest.test_kv_every_pair"
   "$it/test_federation.py::FederationTest.test_register_by_body_datacenter"
+  "$it/test_client.py::ClientAgentTest"
 )
 ceiling=540
 if [ $quick -eq 1 ] && [ -z "${DCGATE_IT_ONLY:-}" ]; then
