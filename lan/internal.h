@@ -62,7 +62,7 @@ struct dg__server {
 	char rpc_addr[96];   /* ip:8301 */
 	int status;	     /* enum dg_gossip_status */
 	int expect;	     /* its -bootstrap-expect, 0 when none */
-	bool bootstrapped;   /* it has raft state */
+	bool raft_in_use;    /* its raft log has more than the bootstrap configuration */
 };
 
 struct write_req {
@@ -202,8 +202,9 @@ bool dg__members_rpc_of(dg_lan *l, const char *raft_addr, char *out, size_t len)
 const char *dg__members_name_of(dg_lan *l, const char *raft_addr);
 /* The leader brings the catalog in line with gossip (serfHealth, left and reaped nodes). */
 void dg__members_reconcile(dg_lan *l, bool all);
-/* Marks this server as having raft state (the "raft" tag others bootstrap by). */
-void dg__members_set_bootstrapped(dg_lan *l);
+/* The "raft_state" tag others decide to bootstrap by: "bootstrapped" (only the configuration
+ * entry), then "in-use" (a cluster that has elected a leader and written to its log). */
+void dg__members_set_raft_state(dg_lan *l, bool in_use);
 bool dg__members_server_reaped(dg_lan *l, const char *raft_addr);
 void dg__members_server_forget(dg_lan *l, const char *raft_addr);
 void dg__members_free(dg_lan *l);

@@ -56,7 +56,7 @@ struct dg__members {
 	struct dg_gossip_tag tags[MAX_TAGS];
 	size_t ntags;
 	char expect_s[16], port_s[16], build[96];
-	bool bootstrapped;
+	int raft_state; /* 0 none, 1 bootstrapped (only the configuration), 2 in use */
 
 	struct dg_map reaped_servers; /* raft addresses of servers reaped, for raft to remove */
 	bool leaving, leave_posted;
@@ -345,7 +345,8 @@ size_t dg__members_servers(dg_lan *l, struct dg__server *out, size_t max)
 		s->status = gm->status;
 		const char *e = tag(gm, "expect");
 		s->expect = e ? atoi(e) : tag(gm, "bootstrap") ? 1 : 0;
-		s->bootstrapped = tag(gm, "raft_state") != NULL;
+		const char *rs = tag(gm, "raft_state");
+		s->raft_in_use = rs && strcmp(rs, "in-use") == 0;
 	}
 	return k;
 }
@@ -422,19 +423,20 @@ static void build_tags(dg_lan *l)
 		} else if (l->cfg.bootstrap_expect == 1) {
 			TAG("bootstrap", "1");
 		}
-		if (m->bootstrapped)
-			TAG("raft_state", "1");
+		if (m->raft_state)
+			TAG("raft_state", m->raft_state == 2 ? "in-use" : "bootstrapped");
 	}
 #undef TAG
 	m->ntags = n;
 }
 
-void dg__members_set_bootstrapped(dg_lan *l)
+void dg__members_set_raft_state(dg_lan *l, bool in_use)
 {
 	struct dg__members *m = l->members;
-	if (!m || m->bootstrapped)
+	int st = in_use ? 2 : 1;
+	if (!m || m->raft_state >= st)
 		return;
-	m->bootstrapped = true;
+	m->raft_state = st;
 	build_tags(l);
 	dg_gossip_set_tags(m->g, m->tags, m->ntags);
 	m->dirty = true;

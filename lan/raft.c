@@ -723,8 +723,12 @@ static void leader_conf(dg_lan *l, uint64_t now)
 static int bootstrap_and_start(dg_lan *l, const struct dg__server *srv, size_t n);
 
 /* Before raft starts with -bootstrap-expect N: once N servers of this DC expecting N are alive
- * in gossip and none of them has raft state yet, all of them bootstrap the same configuration.
- * A server that finds one with state joins that cluster instead (the leader adds it). */
+ * in gossip, each of them bootstraps the same configuration, those N servers; one that is first
+ * to see all N may already have done so ("raft_state": "bootstrapped"), which the others follow,
+ * since libraft's servers vote only once they are voters in a configuration of their own. A
+ * server that finds a cluster in use ("in-use": its log has more than the bootstrap entry) joins
+ * it instead, empty, and its leader adds it: a server that comes with a new data dir into a
+ * running cluster must not bootstrap a second history. */
 static void try_bootstrap(dg_lan *l)
 {
 	struct dg__server srv[64], pick[64];
@@ -733,9 +737,9 @@ static void try_bootstrap(dg_lan *l)
 	for (size_t i = 0; i < n; i++) {
 		if (srv[i].status != DG_GOSSIP_ALIVE_ST)
 			continue;
-		if (srv[i].bootstrapped) {
-			DG_LOGI(LAN, "raft: server %s has raft state; waiting to be added to its "
-				     "cluster instead of bootstrapping",
+		if (srv[i].raft_in_use) {
+			DG_LOGI(LAN, "raft: server %s is in a cluster in use; waiting to be added to "
+				     "it instead of bootstrapping",
 				srv[i].name);
 			l->bootstrap_pending = false;
 			if ((rv = raft_start(&l->raft)) != 0)
@@ -835,7 +839,7 @@ static void tick_cb(uv_timer_t *t)
 	}
 	l->was_leader = leader;
 	if (l->raft_started && l->raft.configuration.n > 0)
-		dg__members_set_bootstrapped(l);
+		dg__members_set_raft_state(l, raft_last_index(&l->raft) > 1);
 	if (leader)
 		leader_conf(l, now);
 	if (l->held)
