@@ -162,8 +162,8 @@ class ClientAgentTest(unittest.TestCase):
             wait_until(lambda: not any(n["Node"] == "leaver"
                                        for n in s.get("/v1/catalog/nodes").json()),
                        WAIT, what="leaver deregistered after its leave")
-            ms = {m["Name"]: m["Status"] for m in s.get("/v1/agent/members").json()}
-            self.assertIn(ms.get("leaver"), (3, None))
+            wait_until(lambda: {m["Name"]: m["Status"] for m in s.get("/v1/agent/members").json()}
+                       .get("leaver") in (3, None), WAIT, what="leaver listed as left")
         finally:
             extra.close()
 
