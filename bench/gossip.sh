@@ -83,13 +83,16 @@ declare -A LIVE=()
 reaped() { unset "LIVE[$1]"; }
 cleanup() { # shellcheck disable=SC2317 # called by the EXIT trap
 	local pid i
+	# All at once, and within 5 s: 50 agents stopped one by one take long, and run.sh's
+	# `timeout -k 10` leaves 10 s between its TERM and its KILL.
 	for pid in "${!LIVE[@]}"; do kill -TERM "$pid" 2>/dev/null; done
-	for ((i = 0; i < 100; i++)); do # all at once: 50 agents stopped one by one take long
+	for ((i = 0; i < 50; i++)); do
 		for pid in "${!LIVE[@]}"; do kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null; reaped "$pid"; }; done
 		[ ${#LIVE[@]} -eq 0 ] && break
 		sleep 0.1
 	done
-	for pid in "${!LIVE[@]}"; do stop_pid "$pid"; done
+	for pid in "${!LIVE[@]}"; do kill -KILL "$pid" 2>/dev/null; done
+	for pid in "${!LIVE[@]}"; do wait "$pid" 2>/dev/null; reaped "$pid"; done
 	if [ "${BENCH_KEEP:-0}" = 1 ] || [ ${#BROKEN[@]} -gt 0 ]; then
 		log "logs kept in $TMP"
 	else
@@ -102,6 +105,19 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null
 
 # ---------------------------------------------------------------------------------------------
 # helpers
+
+# run_wait <command...>: runs it in the background and waits for it, so that a TERM reaches the
+# EXIT trap at once (bash runs a trap only after a foreground command ends)
+run_wait() {
+	local p rc
+	"$@" &
+	p=$!
+	LIVE[$p]=1
+	wait "$p"
+	rc=$?
+	kill -0 "$p" 2>/dev/null || reaped "$p"
+	return $rc
+}
 
 # claim_block: one flock on $LOCK_DIR/127.0.1.lock for all of 127.0.1.x, held by this shell (and
 # inherited by the agents) until exit; waits at most 60 s.
@@ -177,8 +193,9 @@ converge() {
 	local out addrs names
 	CONV_S='' CONV_MED='' CONV_LAST=''
 	read -r addrs names <<<"$(list_agents 0)"
-	out=$(timeout -k 5 75 "$PY" "$HERE/gossip_watch.py" converge --agents "$addrs" --names "$names" \
-		--count "$AGENTS" --timeout 60 2>&1)
+	run_wait timeout -k 5 75 "$PY" "$HERE/gossip_watch.py" converge --agents "$addrs" --names "$names" \
+		--count "$AGENTS" --timeout 60 >"$TMP/converge.out" 2>&1
+	out=$(cat "$TMP/converge.out")
 	if [[ $out == converged* ]]; then
 		read -r _ CONV_S CONV_MED CONV_LAST <<<"$out"
 		CONV_MED=${CONV_MED#median=} CONV_LAST=${CONV_LAST#last=}
@@ -334,7 +351,7 @@ if [ -n "$UP_S" ]; then
 	CLI_PIDS=("${PID_OF[@]:SERVERS+1:AGENTS-SERVERS}")
 	tick=$(getconf CLK_TCK)
 	if a0=$(cpu_ticks "${SRV_PIDS[@]}") && b0=$(cpu_ticks "${CLI_PIDS[@]}"); then
-		sleep "$IDLE_S"
+		run_wait sleep "$IDLE_S"
 		if a1=$(cpu_ticks "${SRV_PIDS[@]}") && b1=$(cpu_ticks "${CLI_PIDS[@]}"); then
 			CPU_SRV=$(awk -v d=$((a1 - a0)) -v t="$tick" 'BEGIN {printf "%.2f", d / t}')
 			CPU_CLI=$(awk -v d=$((b1 - b0)) -v t="$tick" 'BEGIN {printf "%.2f", d / t}')
@@ -426,7 +443,8 @@ for ((r = 1; r <= ROUNDS; r++)); do
 
 	watch_start "leave-$r" "${common[@]}" --pre 1 --want 3 --health-pre passing --health-want absent || break
 	watch_go
-	out=$(timeout 20 "$DCGATE" leave -http-addr="$NET.$JOINER:8500" 2>&1) || broke "dcgate leave against $jn (round $r): $out"
+	run_wait timeout 20 "$DCGATE" leave -http-addr="$NET.$JOINER:8500" >"$TMP/leave-$r.out" 2>&1 ||
+		broke "dcgate leave against $jn (round $r): $(head -c 300 "$TMP/leave-$r.out")"
 	if ! watch_end; then
 		broke "leave $jn (round $r): not every agent listed it left within $WATCH_S s: reached ${W[reached]:-?}, still: ${W[missing]:-?}"
 		break
