@@ -495,6 +495,11 @@ timeout -k 10 900 bash "$HERE/federation.sh" "$DCGATE" ||
 timeout -k 10 1200 bash "$HERE/raft.sh" "$DCGATE" ||
 	broke "bench/raft.sh (exit $?; its reasons are listed above)"
 
+# LAN membership: bench/gossip.sh starts 50 agents (3 servers, 47 client agents) on 127.0.1.1-50 and
+# prints join, leave and failure propagation next to what the gossip parameters predict.
+timeout -k 10 600 bash "$HERE/gossip.sh" "$DCGATE" ||
+	broke "bench/gossip.sh (exit $?; its reasons are listed above)"
+
 if [ ${#BROKEN[@]} -gt 0 ]; then
 	echo
 	echo "broken (figures above marked - were not measured):"
