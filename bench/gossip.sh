@@ -243,7 +243,8 @@ watch_start() {
 watch_go() {
 	printf 'go %s\n' "$EPOCHREALTIME" >&"$W_FD"
 }
-# watch_end: waits for the watcher (bounded by its timeout) and reads its answer into W[]
+# watch_end: waits for the watcher (bounded by its timeout) and reads its answer into W[];
+# returns 1 unless every agent showed the change
 declare -A W=()
 watch_end() {
 	local line kv
@@ -254,7 +255,7 @@ watch_end() {
 	W=()
 	line=$(sed -n 2p "$W_OUT")
 	for kv in $line; do W[${kv%%=*}]=${kv#*=}; done
-	[ -n "${W[all_ms]:-}" ]
+	[ -n "${W[all_ms]:-}" ] && [ "${W[all_ms]}" != - ] # "-": not every agent got there
 }
 
 mib() { [ -n "${1:-}" ] && awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}' || printf -- '-'; }
