@@ -2,7 +2,7 @@
 # Sources are found per folder; objects go to build/ (or build-san/ with SANITIZE=1).
 
 CC      ?= cc
-PKGS    := libmicrohttpd jansson libuv raft libcurl openssl gnutls
+PKGS    := libmicrohttpd jansson libuv raft libcurl openssl gnutls zlib
 SANITIZE ?= 0
 ifeq ($(SANITIZE),1)
 BUILD   := build-san
@@ -76,7 +76,7 @@ fuzz:
 	@for src in $(FUZZ_SRCS); do name=$$(basename $$src .c); t=$${name#fuzz_}; \
 	  clang -g -O1 -fsanitize=fuzzer,address,undefined -I. -D_GNU_SOURCE \
 	    $(shell pkg-config --cflags $(PKGS)) -o build-fuzz/$$name $$src $(FUZZ_LIB_SRCS) \
-	    $(shell pkg-config --libs jansson) -lm || exit 1; \
+	    $(shell pkg-config --libs jansson zlib libcrypto) -lm || exit 1; \
 	  mkdir -p build-fuzz/corpus-$$t && cp -n tests/fuzz/corpus/$$t/* build-fuzz/corpus-$$t/; \
 	  build-fuzz/$$name -max_total_time=$(FUZZ_SECONDS) -max_len=8192 build-fuzz/corpus-$$t || exit 1; \
 	done

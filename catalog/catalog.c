@@ -785,6 +785,8 @@ int dg_cat_apply(dg_catalog *c, uint64_t index, const char *buf, size_t len, jso
 	} else if (strcmp(op, "session_destroy") == 0) {
 		dg__cat_session_destroy(c, dg__js(cmd, "ID"));
 		res = json_pack("{s:b}", "Ok", 1);
+	} else if (strcmp(op, "restore") == 0) {
+		rv = dg__cat_restore_apply(c, cmd, &err);
 	} else if (strcmp(op, "noop") == 0) {
 		/* leadership barriers and index bumps */
 	} else {

@@ -112,6 +112,8 @@ uint64_t dg_cat_last_index(dg_catalog *c);
  * (owned by the caller, may be NULL) carries what the HTTP layer answers:
  *   {"Ok":bool} for KV/CAS style writes, {"Error":"text","Status":code} on failure,
  *   {"Results":[...]} / {"Errors":[...]} for txn, {"ID":...} for sessions.
+ * Ops: register, deregister, check_update, kv, txn, session_create, session_destroy, noop and
+ * restore (dg_cmd_restore: the whole state at once).
  * now_ns is the leader's wall clock at proposal, carried inside the command, so replay is exact. */
 int dg_cat_apply(dg_catalog *c, uint64_t index, const char *cmd, size_t len, json_t **result);
 
@@ -120,11 +122,34 @@ int dg_cat_apply(dg_catalog *c, uint64_t index, const char *cmd, size_t len, jso
 struct dg_cat_change *dg_cat_take_changes(dg_catalog *c, size_t *n);
 void dg_cat_changes_free(struct dg_cat_change *v, size_t n);
 
-/* ---- snapshot: the whole state as one JSON text, for raft snapshots ---- */
+/* ---- snapshot: the whole state as one JSON text, for raft snapshots and /v1/snapshot ---- */
 /* Returns a malloc'd buffer; caller frees. Takes the read lock itself. */
 char *dg_cat_snapshot(dg_catalog *c, size_t *len);
-/* Replaces the whole state. Takes the write lock itself. Returns 0 or DG_EINVAL. */
+/* The same, and the index the state was taken at in *index (the "Index" inside the text). */
+char *dg_cat_snapshot_index(dg_catalog *c, size_t *len, uint64_t *index);
+/* Replaces the whole state (raft's snapshot install, at start or from the leader). The text is
+ * loaded into a private catalog first and swapped in whole, so a bad one changes nothing.
+ * Takes the write lock itself. Returns 0, DG_EINVAL or DG_ENOMEM. */
 int dg_cat_restore(dg_catalog *c, const char *buf, size_t len);
+
+/* What a state holds, for `snapshot inspect` and logs. */
+struct dg_cat_state_info {
+	uint64_t index; /* the "Index" it was taken at */
+	size_t nodes, services, checks, kv, tombstones, sessions;
+};
+/* Checks that state (a parsed dg_cat_snapshot() text; borrowed) is one dg_cat_restore() and the
+ * "restore" command accept: the shape and types of every table, no duplicate nodes, services,
+ * checks, keys or sessions, valid base64 values, indexes in range. It is loaded into a throwaway
+ * catalog, so this costs about what the restore does. Returns 0 (info filled when not NULL), or
+ * DG_EINVAL with the reason in why, or DG_ENOMEM. Any thread; touches no catalog. */
+int dg_cat_state_check(json_t *state, struct dg_cat_state_info *info, char *why, size_t len);
+/* The "restore" command: replaces the whole state with state through raft. state is referenced,
+ * not copied (the caller keeps its own reference); NULL when out of memory. Applied, the new state
+ * gets one index, above both the current one and every index inside state, which becomes every
+ * table's index and the floor of every per-key index (a blocking query never sees its index go
+ * backwards); every blocking query is woken. Check state with dg_cat_state_check() first: one
+ * that does not load is refused at apply time and nothing changes. */
+json_t *dg_cmd_restore(json_t *state);
 
 /* ---- reads (hold the read lock) ---- */
 /* {"Services":[..],"Checks":[..]} of one node, as "register" with SyncNode takes them (no

@@ -25,6 +25,9 @@ struct dg_catalog {
 	char *dc;
 	uint64_t last_index; /* written under the write lock; read atomically */
 	uint64_t idx_nodes, idx_services, idx_checks, idx_kv, idx_sessions;
+	/* the index of the last "restore" command: no index the catalog reports is below it, so a
+	 * state restored with older ModifyIndexes still moves every blocking query forward */
+	uint64_t idx_floor;
 	struct dg_map nodes;      /* nocase name -> struct node_rec* */
 	struct dg_map names;      /* nocase service name -> struct name_rec* */
 	struct dg_map kv;         /* key -> struct dg_cat_kv* */
@@ -51,6 +54,9 @@ struct dg_cat_check *dg__cat_check_from_json(const char *node, json_t *jc, const
 					     const char *service_name);
 /* Lists s under its name (the name's index is bumped to the current index). */
 int dg__cat_name_link(dg_catalog *c, struct dg_cat_service *s);
+
+/* snapshot.c: the "restore" command (the whole state in cmd's "State"). */
+int dg__cat_restore_apply(dg_catalog *c, json_t *cmd, char **err);
 
 /* kv.c */
 json_t *dg__cat_kv_apply(dg_catalog *c, json_t *op, bool *ok, char **err);

@@ -78,16 +78,23 @@ size_t dg_cat_kv_count_locked(dg_catalog *c)
 	return c->kv.n;
 }
 
+/* A per-key index as reported: never below the last restore's index (snapshot.c), whose state
+ * keeps the ModifyIndexes it was saved with. */
+static uint64_t above_floor(const dg_catalog *c, uint64_t v)
+{
+	return v > c->idx_floor ? v : c->idx_floor;
+}
+
 uint64_t dg_cat_index_kv_locked(dg_catalog *c, const char *key, bool prefix)
 {
 	uint64_t best = 0;
 	if (!prefix) {
 		struct dg_cat_kv *e = dg_map_find(&c->kv, key);
 		if (e)
-			return e->modify_index ? e->modify_index : 1;
+			return above_floor(c, e->modify_index ? e->modify_index : 1);
 		uintptr_t t = (uintptr_t)dg_map_find(&c->tombstones, key);
 		if (t)
-			return (uint64_t)t;
+			return above_floor(c, (uint64_t)t);
 	} else {
 		for (size_t i = dg_map_lower_bound(&c->kv, key); i < c->kv.n; i++) {
 			if (!dg_map_has_prefix(&c->kv, c->kv.v[i].key, key))
@@ -104,9 +111,9 @@ uint64_t dg_cat_index_kv_locked(dg_catalog *c, const char *key, bool prefix)
 				best = t;
 		}
 		if (best)
-			return best;
+			return above_floor(c, best);
 	}
-	return c->idx_kv ? c->idx_kv : 1;
+	return above_floor(c, c->idx_kv ? c->idx_kv : 1);
 }
 
 /* ---- undo log, so that a failed transaction leaves no trace ---- */

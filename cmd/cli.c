@@ -3,12 +3,15 @@
  * written for `consul` keep working. Single-threaded; one libcurl handle per run. */
 #include "cmd/cli.h"
 
+#include "catalog/archive.h"
+#include "catalog/catalog.h"
 #include "cmd/version.h"
 #include "common/common.h"
 #include "lan/gossip_msg.h"
 
 #include <curl/curl.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <regex.h>
 #include <stdarg.h>
@@ -16,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 /* The CLI's own input limits. A reply can be big (`kv get -recurse` of a whole store) but must not
  * exhaust memory; local input (a value from stdin or a file, a service file) cannot usefully exceed
@@ -2732,6 +2736,349 @@ static int cmd_operator(struct cli *c, int argc, char **argv)
 }
 
 /* ------------------------------------------------------------------------------------------------
+ * snapshot save | restore | inspect (docs/snapshot.md)
+ */
+
+static const char usage_snapshot[] =
+    "Usage: dcgate snapshot <subcommand> [options] FILE\n"
+    "\n"
+    "  Saves, restores and inspects snapshots of the datacenter's catalog: nodes, services,\n"
+    "  checks, the KV store and sessions.\n"
+    "\n"
+    "    save      Saves a snapshot of the catalog to FILE.\n"
+    "    restore   Replaces the whole catalog with the snapshot in FILE.\n"
+    "    inspect   Prints what the snapshot in FILE holds (needs no agent).\n";
+
+static const char usage_snapshot_save[] =
+    "Usage: dcgate snapshot save [options] FILE\n"
+    "\n"
+    "  Saves an atomic, point-in-time snapshot of the datacenter's catalog to FILE. It is\n"
+    "  written to FILE.unverified, read back and verified, then renamed to FILE.\n"
+    "\n" USAGE_CLIENT USAGE_SERVER;
+
+static const char usage_snapshot_restore[] =
+    "Usage: dcgate snapshot restore [options] FILE\n"
+    "\n"
+    "  Replaces the whole catalog of the datacenter with the snapshot in FILE. The agent\n"
+    "  verifies the archive first; one that does not verify changes nothing.\n"
+    "\n" USAGE_CLIENT "  -datacenter=<dc>     Restore into this datacenter (default: the agent's own).\n";
+
+static const char usage_snapshot_inspect[] =
+    "Usage: dcgate snapshot inspect FILE\n"
+    "\n"
+    "  Verifies the snapshot in FILE and prints its metadata and what it holds. Needs no\n"
+    "  agent.\n";
+
+/* The single FILE argument of a snapshot subcommand, or a usage error (CLI_FAIL in *code). */
+static const char *snapshot_file_arg(struct cli *c, const char *usage, const struct args *pos,
+				     int *code)
+{
+	if (pos->n == 1)
+		return pos->v[0];
+	if (pos->n == 0)
+		*code = cli_usage_error(c, usage, "Missing FILE argument");
+	else
+		*code = cli_usage_error(c, usage, "Too many arguments (expected 1, got %zu)",
+					pos->n);
+	return NULL;
+}
+
+/* Reads a snapshot file into out (bounded by what an agent accepts). Prints "<what>: <why>". */
+static int snapshot_read(struct cli *c, const char *path, struct dg_buf *out, const char *what)
+{
+	dg_buf_init(out);
+	int rv = read_file(path, DG_CAT_ARCHIVE_MAX, out);
+	if (rv == DG_ETOOBIG)
+		fprintf(c->err, "%s: %s is larger than %u bytes\n", what, path, DG_CAT_ARCHIVE_MAX);
+	else if (rv == DG_EIO)
+		fprintf(c->err, "%s: %s: %s\n", what, path, strerror(errno));
+	else if (rv != 0)
+		fprintf(c->err, "%s: %s\n", what, dg_strerror(rv));
+	if (rv != 0)
+		dg_buf_fini(out);
+	return rv == 0 ? 0 : CLI_FAIL;
+}
+
+/* Verifies an archive as the agent would before a restore: the archive, then the state in it.
+ * On success *state_out (if not NULL) is the parsed state, the caller's reference. */
+static int snapshot_verify(struct cli *c, const struct dg_buf *b, const char *what,
+			   struct dg_cat_archive_meta *meta, struct dg_cat_state_info *info,
+			   json_t **state_out)
+{
+	char why[512], *text;
+	size_t len;
+	int rv = dg_cat_archive_decode((const uint8_t *)(b->data ? b->data : ""), b->len, meta,
+				       &text, &len, why, sizeof(why));
+	if (rv != 0) {
+		fprintf(c->err, "%s: %s\n", what, why);
+		return CLI_FAIL;
+	}
+	json_error_t jerr;
+	json_t *st = json_loadb(text, len, 0, &jerr);
+	free(text);
+	if (!st) {
+		fprintf(c->err, "%s: invalid snapshot state: %s (line %d)\n", what, jerr.text,
+			jerr.line);
+		return CLI_FAIL;
+	}
+	if ((rv = dg_cat_state_check(st, info, why, sizeof(why))) != 0) {
+		fprintf(c->err, "%s: invalid snapshot state: %s\n", what,
+			rv == DG_EINVAL ? why : dg_strerror(rv));
+		json_decref(st);
+		return CLI_FAIL;
+	}
+	if (state_out)
+		*state_out = st;
+	else
+		json_decref(st);
+	return 0;
+}
+
+/* Writes len bytes to path (created 0600, truncated) and syncs them. 0, or -1 with errno. */
+static int write_whole_file(const char *path, const void *data, size_t len)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return -1;
+	const char *p = data;
+	while (len > 0) {
+		ssize_t n = write(fd, p, len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			int saved = n < 0 ? errno : EIO;
+			close(fd);
+			errno = saved;
+			return -1;
+		}
+		p += n;
+		len -= (size_t)n;
+	}
+	if (fsync(fd) != 0) {
+		int saved = errno;
+		close(fd);
+		errno = saved;
+		return -1;
+	}
+	return close(fd);
+}
+
+static int cmd_snapshot_save(struct cli *c, int argc, char **argv)
+{
+	struct args pos;
+	int code = CLI_FAIL;
+	if (!cli_parse(c, usage_snapshot_save, NULL, true, argc, argv, &pos, &code))
+		goto out_args;
+	const char *file = snapshot_file_arg(c, usage_snapshot_save, &pos, &code);
+	if (!file)
+		goto out_args;
+	struct cli_url u;
+	struct reply r;
+	struct dg_buf back, tmp;
+	struct dg_cat_archive_meta meta;
+	dg_buf_init(&back);
+	dg_buf_init(&tmp);
+	url_init(&u, "/v1/snapshot");
+	url_server_params(c, &u);
+	if ((code = cli_call(c, "GET", &u, NULL, 0, NULL, "Error saving snapshot", &r)) != 0)
+		goto out;
+	code = CLI_FAIL;
+	/* as Consul's CLI: FILE.unverified first, read back and verified, then renamed */
+	if (dg_buf_appendf(&tmp, "%s.unverified", file) != 0) {
+		fprintf(c->err, "Error saving snapshot: %s\n", dg_strerror(DG_ENOMEM));
+		goto out_body;
+	}
+	if (write_whole_file(tmp.data, r.body.data ? r.body.data : "", r.body.len) != 0) {
+		fprintf(c->err, "Error writing unverified snapshot file: %s: %s\n", tmp.data,
+			strerror(errno));
+		unlink(tmp.data);
+		goto out_body;
+	}
+	if (snapshot_read(c, tmp.data, &back, "Error opening snapshot file for verify") != 0 ||
+	    snapshot_verify(c, &back, "Error verifying snapshot file", &meta, NULL, NULL) != 0) {
+		unlink(tmp.data);
+		goto out_body;
+	}
+	if (rename(tmp.data, file) != 0) {
+		fprintf(c->err, "Error renaming \"%s\" to \"%s\": %s\n", tmp.data, file,
+			strerror(errno));
+		unlink(tmp.data);
+		goto out_body;
+	}
+	fprintf(c->out, "Saved and verified snapshot to index %llu\n",
+		(unsigned long long)meta.index);
+	code = CLI_OK;
+out_body:
+	dg_buf_fini(&r.body);
+out:
+	dg_buf_fini(&back);
+	dg_buf_fini(&tmp);
+	url_fini(&u);
+out_args:
+	args_fini(&pos);
+	return code;
+}
+
+static int cmd_snapshot_restore(struct cli *c, int argc, char **argv)
+{
+	struct args pos;
+	int code = CLI_FAIL;
+	if (!cli_parse(c, usage_snapshot_restore, NULL, true, argc, argv, &pos, &code))
+		goto out_args;
+	const char *file = snapshot_file_arg(c, usage_snapshot_restore, &pos, &code);
+	if (!file)
+		goto out_args;
+	struct dg_buf b;
+	if ((code = snapshot_read(c, file, &b, "Error opening snapshot file")) != 0)
+		goto out_args;
+	/* not verified here: the agent does, and its reason is the one to print */
+	struct cli_url u;
+	struct reply r;
+	url_init(&u, "/v1/snapshot");
+	url_server_params(c, &u);
+	if ((code = cli_call(c, "PUT", &u, b.data ? b.data : "", b.len, "application/octet-stream",
+			     "Error restoring snapshot", &r)) == 0) {
+		dg_buf_fini(&r.body);
+		fprintf(c->out, "Restored snapshot\n");
+	}
+	url_fini(&u);
+	dg_buf_fini(&b);
+out_args:
+	args_fini(&pos);
+	return code;
+}
+
+/* A byte count as Consul's inspect prints sizes: 313B, 1.6KB, 2.0MB. */
+static void size_text(size_t n, char *buf, size_t len)
+{
+	if (n < 1024)
+		snprintf(buf, len, "%zuB", n);
+	else if (n < 1024 * 1024)
+		snprintf(buf, len, "%.1fKB", (double)n / 1024);
+	else
+		snprintf(buf, len, "%.1fMB", (double)n / (1024 * 1024));
+}
+
+/* Bytes of v as compact JSON, less those of the members named in drop (NULL-terminated). */
+static size_t json_size(json_t *v, const char *const *drop)
+{
+	json_t *copy = NULL;
+	if (drop && json_is_object(v)) {
+		copy = json_copy(v);
+		for (; copy && *drop; drop++)
+			json_object_del(copy, *drop);
+		v = copy ? copy : v;
+	}
+	char *text = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+	size_t n = text ? strlen(text) : 0;
+	free(text);
+	json_decref(copy);
+	return n;
+}
+
+static int cmd_snapshot_inspect(struct cli *c, int argc, char **argv)
+{
+	struct args pos;
+	int code = CLI_FAIL;
+	if (!cli_parse(c, usage_snapshot_inspect, NULL, false, argc, argv, &pos, &code))
+		goto out_args;
+	const char *file = snapshot_file_arg(c, usage_snapshot_inspect, &pos, &code);
+	if (!file)
+		goto out_args;
+	struct dg_buf b;
+	struct dg_cat_archive_meta meta;
+	struct dg_cat_state_info info;
+	json_t *st = NULL;
+	if ((code = snapshot_read(c, file, &b, "Error opening snapshot file")) != 0)
+		goto out_args;
+	if ((code = snapshot_verify(c, &b, "Error verifying snapshot", &meta, &info, &st)) != 0)
+		goto out;
+	/* the metadata, then the records by type, as `consul snapshot inspect` prints them (a
+	 * dcgate snapshot is not a raft snapshot, so it has no Term) */
+	fprintf(c->out, "%-13s%s\n%-13s%llu\n%-13s%llu\n%-13s%u\n", "ID", meta.id, "Size",
+		(unsigned long long)meta.size, "Index", (unsigned long long)meta.index, "Version",
+		meta.version);
+	if (meta.dc[0])
+		fprintf(c->out, "%-13s%s\n", "Datacenter", meta.dc);
+	if (meta.created[0])
+		fprintf(c->out, "%-13s%s\n", "Created", meta.created);
+	static const char *const node_only[] = {"Services", "Checks", NULL};
+	size_t sz[6] = {0};
+	size_t i, j;
+	json_t *v, *w;
+	const char *k;
+	json_array_foreach(json_object_get(st, "Nodes"), i, v)
+	{
+		sz[0] += json_size(v, node_only);
+		json_array_foreach(json_object_get(v, "Services"), j, w)
+		{
+			sz[1] += json_size(w, NULL);
+		}
+		json_array_foreach(json_object_get(v, "Checks"), j, w)
+		{
+			sz[2] += json_size(w, NULL);
+		}
+	}
+	json_array_foreach(json_object_get(st, "KV"), i, v)
+	{
+		sz[3] += json_size(v, NULL);
+	}
+	json_object_foreach(json_object_get(st, "Tombstones"), k, v)
+	{
+		sz[4] += strlen(k) + json_size(v, NULL) + 4; /* "key":index, */
+	}
+	json_array_foreach(json_object_get(st, "Sessions"), i, v)
+	{
+		sz[5] += json_size(v, NULL);
+	}
+	const struct {
+		const char *type;
+		size_t count;
+	} rows[6] = {{"Nodes", info.nodes}, {"Services", info.services}, {"Checks", info.checks},
+		     {"KV", info.kv},	    {"Tombstones", info.tombstones},
+		     {"Sessions", info.sessions}};
+	char text[32];
+	size_t total = 0;
+	fprintf(c->out, "\n\n %-14s%-11s%s\n %-14s%-11s%s\n", "Type", "Count", "Size", "----",
+		"----", "----");
+	for (size_t r = 0; r < 6; r++) {
+		char count[24];
+		snprintf(count, sizeof(count), "%zu", rows[r].count);
+		size_text(sz[r], text, sizeof(text));
+		fprintf(c->out, " %-14s%-11s%s\n", rows[r].type, count, text);
+		total += sz[r];
+	}
+	size_text(total, text, sizeof(text));
+	fprintf(c->out, " %-14s%-11s%s\n %-14s%-11s%s\n", "----", "----", "----", "Total", "",
+		text);
+	code = CLI_OK;
+out:
+	json_decref(st);
+	dg_buf_fini(&b);
+out_args:
+	args_fini(&pos);
+	return code;
+}
+
+static int cmd_snapshot(struct cli *c, int argc, char **argv)
+{
+	if (argc < 1 || argv[0][0] == '-') {
+		bool help =
+		    argc >= 1 && (strcmp(argv[0], "-h") == 0 || strcmp(argv[0], "-help") == 0 ||
+				  strcmp(argv[0], "--help") == 0);
+		fputs(usage_snapshot, help ? c->out : c->err);
+		return help ? CLI_OK : CLI_FAIL;
+	}
+	if (strcmp(argv[0], "save") == 0)
+		return cmd_snapshot_save(c, argc - 1, argv + 1);
+	if (strcmp(argv[0], "restore") == 0)
+		return cmd_snapshot_restore(c, argc - 1, argv + 1);
+	if (strcmp(argv[0], "inspect") == 0)
+		return cmd_snapshot_inspect(c, argc - 1, argv + 1);
+	return cli_usage_error(c, usage_snapshot, "Unknown snapshot subcommand: %s", argv[0]);
+}
+
+/* ------------------------------------------------------------------------------------------------
  * Entry points
  */
 
@@ -2745,7 +3092,7 @@ static const struct command {
     {"leave", cmd_leave},     {"reload", cmd_reload},
     {"join", cmd_join},	      {"force-leave", cmd_force_leave},
     {"rtt", cmd_rtt},	      {"keygen", cmd_keygen},
-    {"operator", cmd_operator},
+    {"operator", cmd_operator}, {"snapshot", cmd_snapshot},
 };
 
 static const struct command *command_find(const char *name)

@@ -65,9 +65,11 @@ struct dg_http {
 	uint64_t last_reap_s; /* deadline thread only */
 };
 
+extern const struct dg_route dg_routes_snapshot[]; /* snapshot_api.c */
+
 static const struct dg_route *route_tables[] = {
     dg_routes_agent, dg_routes_catalog, dg_routes_coordinate, dg_routes_event, dg_routes_health,
-    dg_routes_kv,    dg_routes_session, dg_routes_status,     dg_routes_txn,
+    dg_routes_kv,    dg_routes_session, dg_routes_status,     dg_routes_txn, dg_routes_snapshot,
 };
 
 /* ---- accessors ---- */

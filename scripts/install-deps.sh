@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   build-essential pkg-config
   libraft-dev libuv1-dev libmicrohttpd-dev libjansson-dev libcurl4-openssl-dev
-  libssl-dev libnng-dev libcmocka-dev libgnutls28-dev openssl
+  libssl-dev libnng-dev libcmocka-dev libgnutls28-dev openssl zlib1g-dev
   python3 python3-consul python3-cryptography curl procps iproute2
   nodejs npm wrk nginx-light
   # tests/wan: the WAN emulator (NFQUEUE delayer, nft loss and partition rules)
