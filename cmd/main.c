@@ -856,6 +856,7 @@ static void usage(void)
 		"  reload       Reloads the agent's configuration\n"
 		"  keygen       Prints a new gossip encryption key\n"
 		"  operator     Raft peers of the servers (operator raft list-peers, remove-peer)\n"
+		"  snapshot     Saves, restores and inspects snapshots of the catalog\n"
 		"  tls          Makes a CA and certificates (tls ca create, tls cert create)\n"
 		"  version      Prints the version\n");
 }
