@@ -611,8 +611,9 @@ static int run_agent(int argc, char **argv)
 		fprintf(stderr, "==> gossip_lan.probe_timeout must be shorter than probe_interval\n");
 		goto fail;
 	}
-	/* raft_snapshot_threshold: Consul's key and default */
-	json_int_t snapshot_threshold = 16384;
+	/* raft_snapshot_threshold: Consul's key; dcgate's default is 4 x Consul's 16384, because a
+	 * snapshot here pauses writes (docs/cluster.md "Snapshots") where Consul's runs beside them */
+	json_int_t snapshot_threshold = 65536;
 	json_t *st = json_object_get(cfg, "raft_snapshot_threshold");
 	if (st) {
 		if (!json_is_integer(st) || json_integer_value(st) < 16 ||
