@@ -315,6 +315,56 @@ class CutOffTest(unittest.TestCase):
                    what="the frozen server has the writes it missed")
 
 
+class RaftSnapshotTest(unittest.TestCase):
+    """Raft snapshots every raft_snapshot_threshold entries (64 here): a follower that was away
+    while the leader's log moved past what it keeps gets the snapshot installed and catches up,
+    and a server restarted with its data dir starts from its snapshot."""
+
+    def setUp(self):
+        self.cluster = Cluster(3, config={"raft_snapshot_threshold": 64})
+        try:
+            self.cluster.start()
+        except Exception:
+            self.cluster.close()
+            raise
+
+    def tearDown(self):
+        for s in self.cluster.servers:
+            if s.running():
+                s.proc.send_signal(signal.SIGCONT)
+        self.cluster.close()
+
+    def snapshots(self, s):
+        r = s.get("/v1/agent/metrics")
+        for g in r.json().get("Counters", []) + r.json().get("Gauges", []):
+            if g["Name"] == "dcgate.raft.snapshots":
+                return max(g.get("Count", 0), g.get("Sum", 0), g.get("Value", 0))
+        return 0
+
+    def test_snapshot_install_and_restart(self):
+        c = self.cluster
+        lagging = c.followers()[0]
+        writer = [s for s in c.servers if s is not lagging][0]
+        lagging.proc.send_signal(signal.SIGSTOP)
+        try:
+            for i in range(300):
+                r = put(writer, "snap/%03d" % i, str(i))
+                self.assertEqual(r.status, 200, r)
+        finally:
+            lagging.proc.send_signal(signal.SIGCONT)
+        self.assertGreater(self.snapshots(writer), 0, "no raft snapshot after 300 writes")
+        want = {"snap/%03d" % i for i in range(300)}
+        wait_until(lambda: want <= set(kv_keys(lagging, "snap/")), WAIT,
+                   what="the lagging server catching up (from a snapshot)")
+        # a restart starts from the snapshot plus the log after it
+        lagging.stop()
+        lagging.start(wait=False)
+        c.wait_leader(WAIT)
+        keys = wait_until(lambda: (lambda k: k if want <= set(k) else None)(kv_keys(lagging, "snap/")),
+                          WAIT, what="every key after the restart")
+        self.assertEqual(keys["snap/299"]["Value"], "Mjk5")  # base64 of "299"
+
+
 class MembershipChangeTest(unittest.TestCase):
     """Raft membership follows gossip: a new server that joins becomes a voter, one that leaves
     is removed, remove-peer removes one, and a dead one is removed after reconnect_timeout."""
