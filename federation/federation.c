@@ -155,34 +155,39 @@ static void served_done(void *arg, int status, json_t *headers, const char *body
 	free(s); /* headers stay the executor's */
 }
 
-static void serve(void *arg, struct dg_wan_job *job, const struct dg_wan_msg *m)
+const char *dg__fed_run(dg_fed *f, const struct dg_wan_msg *m, bool from_wan, dg_exec_done_fn cb,
+			void *arg)
 {
-	dg_fed *f = arg;
 	const char *method = json_string_value(json_object_get(m->hdr, "Method"));
 	const char *path = json_string_value(json_object_get(m->hdr, "Path"));
 	json_t *headers = json_object_get(m->hdr, "Headers");
 	json_t *to = json_object_get(m->hdr, "TimeoutMs");
-	const char *why = NULL;
-	if (!method || !path || path[0] != '/' || (headers && !json_is_object(headers)))
-		why = "a forwarded request needs Method, Path (from /) and Headers (an object)";
-	else if (!f->exec)
-		why = "this server cannot serve forwarded requests (no HTTP API executor)";
-	struct served *s = why ? NULL : calloc(1, sizeof(*s));
-	if (!why && !s)
-		why = "out of memory";
-	if (!why) {
+	if (m->type != DG_WAN_HTTP || !method || !path || path[0] != '/' ||
+	    (headers && !json_is_object(headers)))
+		return "a forwarded request needs Method, Path (from /) and Headers (an object)";
+	if (!f->exec)
+		return "this server cannot serve forwarded requests (no HTTP API executor)";
+	unsigned ms = json_is_integer(to) && json_integer_value(to) > 0 &&
+			      json_integer_value(to) < 3600000
+			  ? (unsigned)json_integer_value(to)
+			  : DEFAULT_TIMEOUT_MS;
+	if (from_wan) /* the federation counter: requests of other DCs */
+		atomic_fetch_add(&f->served, 1);
+	if (dg_exec_request(f->exec, method, path, headers, m->body, m->body_len, ms, cb, arg) != 0)
+		return "the HTTP API executor is not accepting requests";
+	return NULL;
+}
+
+static void serve(void *arg, struct dg_wan_job *job, const struct dg_wan_msg *m)
+{
+	dg_fed *f = arg;
+	struct served *s = calloc(1, sizeof(*s));
+	const char *why = s ? NULL : "out of memory";
+	if (s) {
 		s->f = f;
 		s->job = job;
-		unsigned ms = json_is_integer(to) && json_integer_value(to) > 0 &&
-				      json_integer_value(to) < 3600000
-				  ? (unsigned)json_integer_value(to)
-				  : DEFAULT_TIMEOUT_MS;
-		atomic_fetch_add(&f->served, 1);
-		if (dg_exec_request(f->exec, method, path, headers, m->body, m->body_len, ms,
-				    served_done, s) != 0) {
+		if ((why = dg__fed_run(f, m, true, served_done, s)) != NULL)
 			free(s);
-			why = "the HTTP API executor is not accepting requests";
-		}
 	}
 	if (why) {
 		json_t *e = json_pack("{s:s}", "Error", why);
@@ -209,37 +214,42 @@ static int response_copy(const struct dg_fed_response *r, struct dg_fed_response
 	return 0;
 }
 
+int dg__fed_response_read(const struct dg_wan_msg *reply, struct dg_fed_response *out,
+			  bool from_lan)
+{
+	if (reply->type != DG_WAN_HTTP_REPLY) {
+		const char *e = json_string_value(json_object_get(reply->hdr, "Error"));
+		DG_LOGW(FED, "%s: %s",
+			from_lan ? "a server refused this agent's request"
+				 : "forwarded request refused by the remote server",
+			e ? e : dg_wan_type_name(reply->type));
+		return DG_EIO;
+	}
+	json_t *st = json_object_get(reply->hdr, "Status");
+	json_t *hd = json_object_get(reply->hdr, "Headers");
+	out->status = json_is_integer(st) ? (int)json_integer_value(st) : 0;
+	if (out->status < 100 || out->status > 599 || (hd && !json_is_object(hd)))
+		return DG_EIO;
+	/* shared, not copied: the message is freed after the callbacks and nothing else touches
+	 * its headers (jansson's reference counts are atomic) */
+	out->headers = hd ? json_incref(hd) : json_object();
+	if (reply->body_len) {
+		if (!(out->body = malloc(reply->body_len)))
+			return DG_ENOMEM;
+		memcpy(out->body, reply->body, reply->body_len);
+	}
+	out->len = reply->body_len;
+	return 0;
+}
+
 static void forward_done(void *arg, int err, const struct dg_wan_msg *reply)
 {
 	struct forward *fw = arg;
 	dg_fed *f = fw->f;
 	struct dg_fed_response resp = {0};
 	atomic_fetch_sub(&f->in_flight, 1);
-	if (err == 0 && reply->type == DG_WAN_HTTP_REPLY) {
-		json_t *st = json_object_get(reply->hdr, "Status");
-		json_t *hd = json_object_get(reply->hdr, "Headers");
-		resp.status = json_is_integer(st) ? (int)json_integer_value(st) : 0;
-		if (resp.status < 100 || resp.status > 599 || (hd && !json_is_object(hd))) {
-			err = DG_EIO;
-		} else {
-			/* shared, not copied: the message is freed after the callbacks and nothing
-			 * else touches its headers (jansson's reference counts are atomic) */
-			resp.headers = hd ? json_incref(hd) : json_object();
-			if (reply->body_len) {
-				resp.body = malloc(reply->body_len);
-				if (!resp.body)
-					err = DG_ENOMEM;
-				else
-					memcpy(resp.body, reply->body, reply->body_len);
-			}
-			resp.len = reply->body_len;
-		}
-	} else if (err == 0) {
-		const char *e = json_string_value(json_object_get(reply->hdr, "Error"));
-		DG_LOGW(FED, "forwarded request refused by the remote server: %s",
-			e ? e : dg_wan_type_name(reply->type));
-		err = DG_EIO;
-	}
+	if (err == 0)
+		err = dg__fed_response_read(reply, &resp, false);
 	/* no one can join this flight from here on */
 	pthread_mutex_lock(&f->mu);
 	flight_del(f, fw);
@@ -933,11 +943,6 @@ void dg_fed_stats(dg_fed *f, struct dg_fed_stats *out)
 		out->wan_batch_resends = ws.batch_resends;
 		out->wan_batches_served = ws.batches_served;
 	}
-}
-
-dg_exec *dg__fed_exec(dg_fed *f)
-{
-	return f->exec;
 }
 
 int dg_fed_start(const struct dg_fed_config *cfg, dg_fed **out, char *msg, size_t len)

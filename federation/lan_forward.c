@@ -62,36 +62,17 @@ static void lan_serve(void *arg, struct dg_lan_rpc_req *req, const uint8_t *buf,
 	dg_fed *f = arg;
 	struct dg_wan_msg m;
 	char err[160];
-	const char *why = NULL;
 	if (dg_wan_msg_decode(buf, len, &m, err, sizeof(err)) != 0) {
 		DG_LOGD(FED, "a client agent's request dropped: %s", err);
 		dg_lan_rpc_answer(req, NULL, 0);
 		return;
 	}
-	const char *method = json_string_value(json_object_get(m.hdr, "Method"));
-	const char *path = json_string_value(json_object_get(m.hdr, "Path"));
-	json_t *headers = json_object_get(m.hdr, "Headers");
-	json_t *to = json_object_get(m.hdr, "TimeoutMs");
-	dg_exec *x = dg__fed_exec(f);
-	if (m.type != DG_WAN_HTTP || !method || !path || path[0] != '/' ||
-	    (headers && !json_is_object(headers)))
-		why = "a forwarded request needs Method, Path (from /) and Headers (an object)";
-	else if (!x)
-		why = "this server cannot serve forwarded requests (no HTTP API executor)";
-	struct lan_served *s = why ? NULL : calloc(1, sizeof(*s));
-	if (!why && !s)
-		why = "out of memory";
-	if (!why) {
+	struct lan_served *s = calloc(1, sizeof(*s));
+	const char *why = s ? NULL : "out of memory";
+	if (s) {
 		s->req = req;
-		unsigned ms = json_is_integer(to) && json_integer_value(to) > 0 &&
-				      json_integer_value(to) < 3600000
-				  ? (unsigned)json_integer_value(to)
-				  : 10000;
-		if (dg_exec_request(x, method, path, headers, m.body, m.body_len, ms, lan_served_done,
-				    s) != 0) {
+		if ((why = dg__fed_run(f, &m, false, lan_served_done, s)) != NULL)
 			free(s);
-			why = "the HTTP API executor is not accepting requests";
-		}
 	}
 	if (why) {
 		json_t *e = json_pack("{s:s}", "Error", why);
@@ -121,26 +102,8 @@ static void lan_forward_done(void *arg, int err, const uint8_t *buf, size_t len)
 	char why[160];
 	if (err == 0 && (len == 0 || dg_wan_msg_decode(buf, len, &m, why, sizeof(why)) != 0))
 		err = DG_EIO;
-	if (err == 0 && m.type == DG_WAN_HTTP_REPLY) {
-		json_t *st = json_object_get(m.hdr, "Status");
-		json_t *hd = json_object_get(m.hdr, "Headers");
-		resp.status = json_is_integer(st) ? (int)json_integer_value(st) : 0;
-		if (resp.status < 100 || resp.status > 599 || (hd && !json_is_object(hd))) {
-			err = DG_EIO;
-		} else {
-			resp.headers = hd ? json_incref(hd) : json_object();
-			resp.len = m.body_len;
-			if (m.body_len && !(resp.body = malloc(m.body_len)))
-				err = DG_ENOMEM;
-			else if (m.body_len)
-				memcpy(resp.body, m.body, m.body_len);
-		}
-	} else if (err == 0) {
-		const char *e = json_string_value(json_object_get(m.hdr, "Error"));
-		DG_LOGW(FED, "a server refused this agent's request: %s",
-			e ? e : dg_wan_type_name(m.type));
-		err = DG_EIO;
-	}
+	if (err == 0)
+		err = dg__fed_response_read(&m, &resp, true);
 	dg_wan_msg_fini(&m);
 	c->cb(c->arg, err, err == 0 ? &resp : NULL);
 	dg_fed_response_fini(&resp);

@@ -160,12 +160,7 @@ static void sync_done(void *arg, int err, const uint8_t *buf, size_t len)
 	struct sync_call *s = arg;
 	s->status = err;
 	if (err == 0) {
-		json_t *ans = len > 1 && buf[0] == DG_RPC_WRITE_REPLY
-				      ? json_loadb((const char *)buf + 1, len - 1, 0, NULL)
-				      : NULL;
-		json_t *st = json_object_get(ans, "Status");
-		s->status = json_is_integer(st) ? (int)json_integer_value(st) : DG_EIO;
-		json_decref(ans);
+		json_decref(dg__rpc_answer_json(buf, len, &s->status));
 	}
 	if (dg__lan_post(s->lan, sync_answer, s) != 0)
 		free(s);
@@ -206,20 +201,14 @@ static void sync_start(dg_lan *l, uint64_t now)
 	}
 	const struct dg__server *to = &srv[c->next_server++ % alive];
 	json_t *cmd = sync_command(l);
-	char *text = cmd ? json_dumps(cmd, JSON_COMPACT) : NULL;
-	json_decref(cmd);
 	struct sync_call *s = calloc(1, sizeof(*s));
-	struct dg_buf b;
 	int rv = DG_ENOMEM;
-	dg_buf_init(&b);
-	if (text && s && dg_buf_append(&b, (uint8_t[]){DG_RPC_WRITE_RELAY}, 1) == 0 &&
-	    dg_buf_append(&b, text, strlen(text)) == 0) {
+	if (cmd && s) {
 		s->lan = l;
-		rv = dg__rpc_call(l, to->rpc_addr, b.data, b.len, DG_RPC_WRITE_TIMEOUT_MS + 1000,
-				  sync_done, s);
+		rv = dg__rpc_call_json(l, to->rpc_addr, DG_RPC_WRITE_RELAY, cmd,
+				       DG_RPC_WRITE_TIMEOUT_MS + 1000, sync_done, s);
 	}
-	dg_buf_fini(&b);
-	free(text);
+	json_decref(cmd);
 	if (rv != 0) {
 		free(s);
 		c->next_sync_ms = now + SYNC_RETRY_MS;

@@ -175,6 +175,15 @@ const uint8_t *dg__rpc_request(struct rpc_in *in, size_t *len);
 const char *dg__rpc_peer_addr(struct rpc_in *in, char *buf, size_t len);
 /* Answers an incoming request (any thread), once. */
 void dg__rpc_reply(struct rpc_in *in, const void *buf, size_t len);
+/* A request of the servers' own (DG_RPC_WRITE, _RELAY, _RAFT): kind, then j as compact JSON;
+ * as dg__rpc_call. j stays the caller's. */
+int dg__rpc_call_json(dg_lan *l, const char *addr, uint8_t kind, json_t *j, unsigned timeout_ms,
+		      dg_rpc_done_fn cb, void *arg);
+/* Answers with DG_RPC_WRITE_REPLY and ans (consumed; NULL: an empty answer). */
+void dg__rpc_reply_json(struct rpc_in *in, json_t *ans);
+/* The JSON of a DG_RPC_WRITE_REPLY answer (the caller's to decref; NULL when it is not one) and
+ * its "Status" in *status (DG_EIO when missing). */
+json_t *dg__rpc_answer_json(const uint8_t *buf, size_t len, int *status);
 
 /* mkdir -p (mode 0700). 0, DG_EINVAL (too long) or DG_EIO (errno says why). */
 int dg__make_dir(const char *path);

@@ -208,14 +208,8 @@ static void forward_done(void *arg, int err, const uint8_t *buf, size_t len)
 	w->status = err;
 	w->result = NULL;
 	if (err == 0) {
-		json_t *ans = NULL;
-		if (len > 1 && buf[0] == DG_RPC_WRITE_REPLY)
-			ans = json_loadb((const char *)buf + 1, len - 1, 0, NULL);
-		json_t *st = json_object_get(ans, "Status");
-		if (!json_is_integer(st)) {
-			w->status = DG_EIO;
-		} else {
-			w->status = (int)json_integer_value(st);
+		json_t *ans = dg__rpc_answer_json(buf, len, &w->status);
+		if (json_is_integer(json_object_get(ans, "Status"))) {
 			w->applied_index = (uint64_t)json_integer_value(json_object_get(ans, "Index"));
 			w->result = json_incref(json_object_get(ans, "Result"));
 			if (json_is_null(w->result)) {
@@ -238,16 +232,8 @@ static void forward_done(void *arg, int err, const uint8_t *buf, size_t len)
 /* Sends a write to the leader's 8301: it proposes it and answers with its result. */
 static void forward(dg_lan *l, struct write_req *w)
 {
-	char *text = json_dumps(w->cmd, JSON_COMPACT);
-	struct dg_buf b;
-	int rv = DG_ENOMEM;
-	dg_buf_init(&b);
-	if (text && dg_buf_append(&b, (uint8_t[]){DG_RPC_WRITE}, 1) == 0 &&
-	    dg_buf_append(&b, text, strlen(text)) == 0)
-		rv = dg__rpc_call(l, l->leader_rpc, b.data, b.len, DG_RPC_WRITE_TIMEOUT_MS,
-				  forward_done, w);
-	free(text);
-	dg_buf_fini(&b);
+	int rv = dg__rpc_call_json(l, l->leader_rpc, DG_RPC_WRITE, w->cmd, DG_RPC_WRITE_TIMEOUT_MS,
+				   forward_done, w);
 	if (rv != 0)
 		write_fail(l, w, rv);
 }
@@ -339,27 +325,12 @@ static void release_held(dg_lan *l, uint64_t now)
 
 /* The answer to a write another server forwarded: its status, result and the raft index it was
  * applied at, which the sender waits to have applied itself before it answers its client. */
-/* Answers a request on 8301 with a 0xC2 reply of ans (consumed; NULL: an empty answer). */
-static void answer_json(struct rpc_in *in, json_t *ans)
-{
-	char *text = ans ? json_dumps(ans, JSON_COMPACT) : NULL;
-	struct dg_buf b;
-	dg_buf_init(&b);
-	if (text && dg_buf_append(&b, (uint8_t[]){DG_RPC_WRITE_REPLY}, 1) == 0 &&
-	    dg_buf_append(&b, text, strlen(text)) == 0)
-		dg__rpc_reply(in, b.data, b.len);
-	else
-		dg__rpc_reply(in, NULL, 0);
-	dg_buf_fini(&b);
-	free(text);
-	json_decref(ans);
-}
 
 /* The answer to a write another server forwarded: its status, result and the raft index it was
  * applied at, which the sender may wait to have applied itself before it answers its client. */
 static void answer_write(void *arg, int status, json_t *result, uint64_t index)
 {
-	answer_json(arg, json_pack("{s:i, s:O?, s:I}", "Status", status, "Result", result, "Index",
+	dg__rpc_reply_json(arg, json_pack("{s:i, s:O?, s:I}", "Status", status, "Result", result, "Index",
 				   (json_int_t)index));
 	json_decref(result);
 }
@@ -868,7 +839,7 @@ static void peer_change_finish(dg_lan *l, struct peer_change *pc)
 {
 	(void)l;
 	if (pc->in) {
-		answer_json(pc->in, json_pack("{s:i, s:s}", "Status", pc->err, "Error", pc->msg));
+		dg__rpc_reply_json(pc->in, json_pack("{s:i, s:s}", "Status", pc->err, "Error", pc->msg));
 	} else if (pc->cb) {
 		pc->cb(pc->arg, pc->err, pc->err ? pc->msg : NULL);
 	}
@@ -902,16 +873,8 @@ static void peer_remove_run(dg_lan *l, struct peer_change *pc)
 	if (!leader && !pc->in && l->leader_rpc[0]) {
 		json_t *req = json_pack("{s:s, s:s, s:s}", "Op", "remove_peer", "ID", pc->id,
 					"Address", pc->address);
-		char *text = req ? json_dumps(req, JSON_COMPACT) : NULL;
-		struct dg_buf b;
-		int rv = DG_ENOMEM;
-		dg_buf_init(&b);
-		if (text && dg_buf_append(&b, (uint8_t[]){DG_RPC_RAFT}, 1) == 0 &&
-		    dg_buf_append(&b, text, strlen(text)) == 0)
-			rv = dg__rpc_call(l, l->leader_rpc, b.data, b.len, DG_RPC_WRITE_TIMEOUT_MS,
-					  peer_remove_forwarded, pc);
-		dg_buf_fini(&b);
-		free(text);
+		int rv = dg__rpc_call_json(l, l->leader_rpc, DG_RPC_RAFT, req,
+					   DG_RPC_WRITE_TIMEOUT_MS, peer_remove_forwarded, pc);
 		json_decref(req);
 		if (rv == 0)
 			return;
@@ -961,11 +924,7 @@ static void peer_remove_forwarded(void *arg, int err, const uint8_t *buf, size_t
 	struct peer_change *pc = arg;
 	pc->err = err;
 	if (err == 0) {
-		json_t *ans = len > 1 && buf[0] == DG_RPC_WRITE_REPLY
-				      ? json_loadb((const char *)buf + 1, len - 1, 0, NULL)
-				      : NULL;
-		json_t *st = json_object_get(ans, "Status");
-		pc->err = json_is_integer(st) ? (int)json_integer_value(st) : DG_EIO;
+		json_t *ans = dg__rpc_answer_json(buf, len, &pc->err);
 		const char *m = json_string_value(json_object_get(ans, "Error"));
 		snprintf(pc->msg, sizeof(pc->msg), "%s", m ? m : dg_strerror(pc->err));
 		json_decref(ans);

@@ -262,6 +262,47 @@ int dg__rpc_call(dg_lan *l, const char *addr, const void *buf, size_t len, unsig
 	return 0;
 }
 
+/* ---- the servers' own requests: a kind byte, then JSON text ---- */
+
+int dg__rpc_call_json(dg_lan *l, const char *addr, uint8_t kind, json_t *j, unsigned timeout_ms,
+		      dg_rpc_done_fn cb, void *arg)
+{
+	char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
+	struct dg_buf b;
+	int rv = DG_ENOMEM;
+	dg_buf_init(&b);
+	if (text && dg_buf_append(&b, &kind, 1) == 0 && dg_buf_append(&b, text, strlen(text)) == 0)
+		rv = dg__rpc_call(l, addr, b.data, b.len, timeout_ms, cb, arg);
+	dg_buf_fini(&b);
+	free(text);
+	return rv;
+}
+
+void dg__rpc_reply_json(struct rpc_in *in, json_t *ans)
+{
+	char *text = ans ? json_dumps(ans, JSON_COMPACT) : NULL;
+	uint8_t kind = DG_RPC_WRITE_REPLY;
+	struct dg_buf b;
+	dg_buf_init(&b);
+	if (text && dg_buf_append(&b, &kind, 1) == 0 && dg_buf_append(&b, text, strlen(text)) == 0)
+		dg__rpc_reply(in, b.data, b.len);
+	else
+		dg__rpc_reply(in, NULL, 0);
+	dg_buf_fini(&b);
+	free(text);
+	json_decref(ans);
+}
+
+json_t *dg__rpc_answer_json(const uint8_t *buf, size_t len, int *status)
+{
+	json_t *ans = len > 1 && buf[0] == DG_RPC_WRITE_REPLY
+			      ? json_loadb((const char *)buf + 1, len - 1, 0, NULL)
+			      : NULL;
+	json_t *st = json_object_get(ans, "Status");
+	*status = json_is_integer(st) ? (int)json_integer_value(st) : DG_EIO;
+	return ans;
+}
+
 /* ---- start and stop ---- */
 
 int dg__rpc_listen(dg_lan *l, const char *bind, int port, char *msg, size_t len)
