@@ -15,6 +15,7 @@
 #define DEF_INDIRECT       3
 #define DEF_SUSPICION_MULT 4
 #define DEF_SUSPICION_MAX  60000
+#define DEF_SUSPICION_DIV  3
 #define DEF_RETRANSMIT     4
 #define DEF_PUSHPULL       30000
 #define DEF_GOSSIP         200
@@ -25,9 +26,21 @@
 #define MAX_INDIRECT       16
 #define MAX_RELAYS         64 /* indirect probes run for others at once */
 
+/* A suspicion (memberlist's suspicion timer), valid while pub.suspect. It lasts max from start,
+ * and each independent confirmation (a SUSPECT at the same incarnation from a member not yet
+ * counted) brings the deadline closer, down to min after k of them. Confirmers are kept as
+ * hashes of their names: a collision can only lose a confirmation, which makes the timeout
+ * longer, never shorter. */
+struct suspicion {
+	uint64_t start, min, max, deadline;
+	unsigned k;          /* confirmations that bring it to min; 0: it always lasts max */
+	unsigned confirmed;  /* 0..k */
+	uint64_t who[MAX_INDIRECT + 1]; /* the first suspector, then each confirmer */
+};
+
 struct member {
 	struct dg_gossip_member pub;
-	uint64_t suspect_deadline;
+	struct suspicion susp;
 };
 
 /* An update waiting to be piggybacked: one per member name (a newer one replaces it). */
@@ -119,6 +132,65 @@ uint64_t dg_gossip_suspicion_ms(const dg_gossip *g)
 		f = 1;
 	uint64_t ms = (uint64_t)(g->cfg.suspicion_mult * f * g->cfg.probe_interval_ms);
 	return ms > g->cfg.suspicion_max_ms ? g->cfg.suspicion_max_ms : ms;
+}
+
+uint64_t dg_gossip_suspicion_min_ms(const dg_gossip *g)
+{
+	return dg_gossip_suspicion_ms(g) / g->cfg.suspicion_min_div;
+}
+
+static uint64_t name_hash(const char *s)
+{
+	uint64_t h = 1469598103934665603ull; /* FNV-1a */
+	for (; *s; s++)
+		h = (h ^ (uint8_t)*s) * 1099511628211ull;
+	return h;
+}
+
+/* The deadline for c confirmations out of k: max - (max - min) * log(c + 1) / log(k + 1), as
+ * memberlist computes it: the first confirmations count the most. */
+static uint64_t suspicion_deadline(const struct suspicion *s)
+{
+	if (s->k == 0 || s->confirmed == 0)
+		return s->start + s->max;
+	double frac = log((double)s->confirmed + 1) / log((double)s->k + 1);
+	double t = (double)s->max - frac * (double)(s->max - s->min);
+	uint64_t ms = t < (double)s->min ? s->min : (uint64_t)t;
+	return s->start + ms;
+}
+
+/* Starts the suspicion of m, suspected by from. k is the indirect checks, as many members as a
+ * prober asks to confirm a failed probe. With fewer alive members that could confirm (all but
+ * this node and m) none are expected and the suspicion always lasts max: memberlist also sets
+ * k = 0 then and waits its old fixed timeout, which here is max (docs/gossip.md). */
+static void suspicion_start(dg_gossip *g, struct member *m, const char *from, uint64_t now)
+{
+	struct suspicion *s = &m->susp;
+	size_t k = g->cfg.indirect_checks < MAX_INDIRECT ? g->cfg.indirect_checks : MAX_INDIRECT;
+	size_t others = dg_gossip_alive(g);
+	others = others > 2 ? others - 2 : 0;
+	*s = (struct suspicion){.start = now,
+				.max = dg_gossip_suspicion_ms(g),
+				.min = dg_gossip_suspicion_min_ms(g),
+				.k = others < k ? 0 : (unsigned)k};
+	s->who[0] = name_hash(from);
+	s->deadline = suspicion_deadline(s);
+}
+
+/* A SUSPECT about m, already suspect at the same incarnation, from from: true when it is a new
+ * confirmation (then the deadline moved closer and it is worth gossiping on). */
+static bool suspicion_confirm(struct member *m, const char *from)
+{
+	struct suspicion *s = &m->susp;
+	if (s->confirmed >= s->k || strcmp(from, m->pub.name) == 0)
+		return false;
+	uint64_t h = name_hash(from);
+	for (unsigned i = 0; i <= s->confirmed; i++)
+		if (s->who[i] == h)
+			return false;
+	s->who[++s->confirmed] = h;
+	s->deadline = suspicion_deadline(s);
+	return true;
 }
 
 static void notify(dg_gossip *g, struct member *m, int old)
@@ -444,11 +516,22 @@ static void on_suspect(dg_gossip *g, const char *name, uint32_t inc, const char 
 		refute(g, inc);
 		return;
 	}
-	if (!is_alive(m) || m->pub.suspect)
+	if (!is_alive(m))
 		return;
+	if (m->pub.suspect && inc == m->pub.incarnation) {
+		/* memberlist re-gossips a new confirmation, so that the others' timers shorten
+		 * too; it replaces the queued SUSPECT about m (one update per member) */
+		if (suspicion_confirm(m, from)) {
+			g->stats.confirmations++;
+			broadcast_state(g, DG_GOSSIP_SUSPECT, name, inc, from);
+		}
+		return;
+	}
+	/* not suspect, or suspect at an older incarnation: m refuted that one (an ALIVE we
+	 * missed) and is suspected anew; the old confirmations do not count for the new one */
 	m->pub.suspect = true;
 	m->pub.incarnation = inc;
-	m->suspect_deadline = now + dg_gossip_suspicion_ms(g);
+	suspicion_start(g, m, from, now);
 	g->stats.suspects++;
 	broadcast_state(g, DG_GOSSIP_SUSPECT, name, inc, from);
 }
@@ -780,7 +863,7 @@ void dg_gossip_tick(dg_gossip *g, uint64_t now)
 	}
 	for (size_t i = 0; i < g->n; i++) {
 		struct member *m = g->v[i];
-		if (m->pub.suspect && now >= m->suspect_deadline)
+		if (m->pub.suspect && now >= m->susp.deadline)
 			on_gone(g, m->pub.name, m->pub.incarnation, g->self->pub.name, false, now);
 	}
 	if (now >= g->next_pushpull) {
@@ -829,7 +912,7 @@ uint64_t dg_gossip_next_ms(const dg_gossip *g)
 	for (size_t i = 0; i < g->n; i++) {
 		const struct member *m = g->v[i];
 		if (m->pub.suspect)
-			EARLIER(m->suspect_deadline);
+			EARLIER(m->susp.deadline);
 		if (m != g->self &&
 		    (m->pub.status == DG_GOSSIP_FAILED || m->pub.status == DG_GOSSIP_LEFT))
 			EARLIER(m->pub.changed_ms + g->cfg.reap_ms);
@@ -870,6 +953,7 @@ int dg_gossip_new(const struct dg_gossip_config *cfg, uint64_t now, dg_gossip **
 	c->indirect_checks = c->indirect_checks ? c->indirect_checks : DEF_INDIRECT;
 	c->suspicion_mult = c->suspicion_mult ? c->suspicion_mult : DEF_SUSPICION_MULT;
 	c->suspicion_max_ms = c->suspicion_max_ms ? c->suspicion_max_ms : DEF_SUSPICION_MAX;
+	c->suspicion_min_div = c->suspicion_min_div ? c->suspicion_min_div : DEF_SUSPICION_DIV;
 	c->retransmit_mult = c->retransmit_mult ? c->retransmit_mult : DEF_RETRANSMIT;
 	c->pushpull_interval_ms = c->pushpull_interval_ms ? c->pushpull_interval_ms : DEF_PUSHPULL;
 	c->gossip_interval_ms = c->gossip_interval_ms ? c->gossip_interval_ms : DEF_GOSSIP;

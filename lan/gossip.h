@@ -61,8 +61,12 @@ struct dg_gossip_config {
 	uint32_t probe_interval_ms;    /* 1000: one probe per interval */
 	uint32_t probe_timeout_ms;     /* 500: then indirect probes */
 	uint32_t indirect_checks;      /* 3: members asked to probe indirectly */
-	uint32_t suspicion_mult;       /* 4: suspicion timeout = mult * log10(n+1) * interval */
-	uint32_t suspicion_max_ms;     /* 60000: the bound on that timeout */
+	uint32_t suspicion_mult;       /* 4: an unconfirmed suspicion lasts max =
+					* mult * max(1, log10(n+1)) * probe interval */
+	uint32_t suspicion_max_ms;     /* 60000: the bound on that max */
+	uint32_t suspicion_min_div;    /* 3: independent confirmations shorten it down to
+					* min = max / this (memberlist's SuspicionMaxTimeoutMult,
+					* anchored on max; docs/gossip.md) */
 	uint32_t retransmit_mult;      /* 4: each update sent mult * ceil(log10(n+1)) times */
 	uint32_t pushpull_interval_ms; /* 30000: full-state exchange with a random member */
 	uint32_t gossip_interval_ms;   /* 200: queued updates sent on their own, ... */
@@ -80,6 +84,7 @@ struct dg_gossip_stats {
 	uint64_t rx_packets, rx_bad, rx_auth_failed, rx_ignored;
 	uint64_t tx_packets, tx_bytes;
 	uint64_t probes, indirect_probes, suspects, failures, refutes, pushpulls;
+	uint64_t confirmations; /* a suspect member suspected by one more member: timer shortened */
 	size_t broadcasts_queued; /* updates waiting to be piggybacked */
 	size_t broadcasts_max;    /* the most ever queued at once */
 };
@@ -132,8 +137,13 @@ const struct dg_gossip_member *dg_gossip_self(const dg_gossip *g);
 /* Members alive (suspects included). */
 size_t dg_gossip_alive(const dg_gossip *g);
 const struct dg_gossip_stats *dg_gossip_stats(const dg_gossip *g);
-/* The suspicion timeout for the current number of members (for tests and logs). */
+/* The suspicion timeouts for the current number of members (for tests and logs). A suspect
+ * member is failed dg_gossip_suspicion_ms after this node suspected it unless confirmed: each
+ * SUSPECT at the same incarnation from another member (up to indirect_checks of them) brings
+ * that down towards dg_gossip_suspicion_min_ms = the first / suspicion_min_div. With fewer than
+ * indirect_checks alive members besides this node and the suspect, it is always the first. */
 uint64_t dg_gossip_suspicion_ms(const dg_gossip *g);
+uint64_t dg_gossip_suspicion_min_ms(const dg_gossip *g);
 /* How many times each update is sent for the current number of members. */
 unsigned dg_gossip_retransmit_limit(const dg_gossip *g);
 

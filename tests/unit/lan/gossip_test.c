@@ -9,6 +9,7 @@
 
 #include <cmocka.h>
 
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -474,7 +475,7 @@ static void keys_and_sealing(void **state)
 /* the state machine on a simulated network                                                  */
 /* ======================================================================================== */
 
-#define MAXN    12
+#define MAXN    64 /* the 50-member scenarios */
 #define STEP_MS 5
 
 struct spkt {
@@ -794,19 +795,22 @@ static void failure_detected(void **state)
 	struct sim *s = converged_cluster(10, NULL);
 	const int x = 3;
 	uint64_t susp = dg_gossip_suspicion_ms(s->g[0]);
-	/* 4 * log10(11) * 1 s */
+	uint64_t susp_min = dg_gossip_suspicion_min_ms(s->g[0]);
+	/* unconfirmed: 4 * log10(11) * 1 s; confirmed by 3 others: a third of that */
 	assert_true(susp >= 4100 && susp <= 4200);
+	assert_int_equal(susp_min, susp / 3);
 	s->up[x] = false;
 	/* the bound: someone probes x within a round of n probe intervals plus one for the probe
-	 * to fail, then the suspicion timeout, then a few intervals for DEAD to spread */
+	 * to fail, then the longest suspicion timeout (no confirmations), then a few intervals for
+	 * DEAD to spread */
 	uint64_t bound = 11 * 1000 + susp + 5 * 1000;
 	struct all_see a = {x, DG_GOSSIP_FAILED};
 	uint64_t t = run_until(s, pred_all_see, &a, bound);
 	print_message("n3 stopped: failed everywhere after %llu ms (bound %llu)\n",
 		      (unsigned long long)t, (unsigned long long)bound);
 	assert_true(t <= bound);
-	/* not before the suspicion timeout could have run out */
-	assert_true(t >= susp);
+	/* not before the shortest suspicion timeout could have run out */
+	assert_true(t >= susp_min);
 	/* the others agree and nobody else was harmed */
 	for (int i = 0; i < 10; i++)
 		for (int j = 0; j < 10; j++)
@@ -824,6 +828,13 @@ static void failure_detected(void **state)
 	sim_free(s);
 }
 
+/* memberlist's formula: the timeout after c of k confirmations. */
+static uint64_t expected_timeout(uint64_t min, uint64_t max, unsigned c, unsigned k)
+{
+	double t = (double)max - (double)(max - min) * log(c + 1.0) / log(k + 1.0);
+	return t < (double)min ? min : (uint64_t)t;
+}
+
 static bool pred_someone_suspects(struct sim *s, void *arg)
 {
 	int x = *(const int *)arg;
@@ -831,6 +842,68 @@ static bool pred_someone_suspects(struct sim *s, void *arg)
 		if (s->ever_suspect[i][x])
 			return true;
 	return false;
+}
+
+/* The agent's gossip timings (cmd/main.c): a probe every 500 ms, 250 ms probe timeout, mult 4. */
+static void agent_timings(struct dg_gossip_config *c, int i)
+{
+	c->probe_interval_ms = 500;
+	c->probe_timeout_ms = 250;
+	c->suspicion_mult = 4;
+}
+
+/* Stops node x of a converged cluster and runs until every other node has it failed, at most
+ * limit ms: returns the time that took (UINT64_MAX if not), and checks that nobody else was
+ * failed and that each node failed x once. */
+static uint64_t stop_and_time(struct sim *s, int x, uint64_t limit)
+{
+	s->up[x] = false;
+	struct all_see a = {x, DG_GOSSIP_FAILED};
+	uint64_t t = run_until(s, pred_all_see, &a, limit);
+	for (int i = 0; i < s->n; i++)
+		for (int j = 0; j < s->n; j++)
+			if (i != x && j != x)
+				assert_int_equal(s->failed[i][j], 0);
+	if (t != UINT64_MAX)
+		for (int i = 0; i < s->n; i++)
+			if (i != x)
+				assert_int_equal(s->failed[i][x], 1);
+	return t;
+}
+
+/* Issue 5's target, "a killed agent marked failed within 5 s", with 50 agents at the agent's
+ * timings: the suspicion timer shortens as the other members' failed probes confirm it. */
+static void failure_detected_50(void **state)
+{
+	struct sim *s = converged_cluster(50, agent_timings);
+	const int x = 26;
+	const uint64_t P = 500;
+	uint64_t max = dg_gossip_suspicion_ms(s->g[0]), min = dg_gossip_suspicion_min_ms(s->g[0]);
+	/* 4 * log10(51) * 500 ms unconfirmed, a third of that with k = 3 confirmations */
+	assert_int_equal(max, 3415);
+	assert_int_equal(min, max / 3);
+	/* the bound: 4P until some member's probe of x has failed (49 members each walk a
+	 * shuffled list of the other 49, so x is probed about once per P, 3P in the tail, and
+	 * the probe is given up at the end of its interval); then the timeout with two of the
+	 * three confirmations (each P about one member probes x, and its failed probe is one);
+	 * then 2P for DEAD to reach all 49 (3 random members every 200 ms). Without
+	 * confirmations the same reasoning gives 4P + max + 2P = 6.4 s. */
+	uint64_t with2 = expected_timeout(min, max, 2, 3);
+	uint64_t bound = 4 * P + with2 + 2 * P;
+	assert_true(bound < 5000);
+	uint64_t t = stop_and_time(s, x, bound);
+	print_message("50 members: n26 stopped, failed everywhere after %llu ms (bound %llu; "
+		      "suspicion %llu to %llu ms)\n",
+		      (unsigned long long)t, (unsigned long long)bound, (unsigned long long)min,
+		      (unsigned long long)max);
+	assert_true(t <= bound);
+	/* a probe interval at least, then the shortest suspicion */
+	assert_true(t >= P + min);
+	uint64_t confirmations = 0;
+	for (int i = 0; i < 50; i++)
+		confirmations += dg_gossip_stats(s->g[i])->confirmations;
+	assert_true(confirmations > 0);
+	sim_free(s);
 }
 
 /* A failed agent restarted with the same name starts again at incarnation 1, below what the
@@ -1160,6 +1233,166 @@ static void garbage_changes_nothing(void **state)
 	sim_free(s);
 }
 
+/* ---- the suspicion timer, on one instance fed by hand ---- */
+
+static void discard_send(void *arg, const struct dg_gossip_out *o)
+{
+	(void)arg;
+	(void)o;
+}
+
+static void inject(dg_gossip *g, const struct dg_gossip_msg *m, uint64_t now)
+{
+	struct dg_buf b;
+	dg_buf_init(&b);
+	assert_int_equal(dg_gossip_packet_encode(&b, m, 1, DG_GOSSIP_UDP_MAX), 0);
+	assert_int_equal(dg_gossip_recv(g, "10.0.0.99", 8301, b.data, b.len, false, now), 0);
+	dg_buf_fini(&b);
+}
+
+static void inject_alive(dg_gossip *g, const char *name, uint32_t inc, uint64_t now)
+{
+	struct dg_gossip_msg m = {.type = DG_GOSSIP_ALIVE};
+	m.node = node(name, DG_GOSSIP_ALIVE_ST, inc);
+	inject(g, &m, now);
+}
+
+static void inject_suspect(dg_gossip *g, const char *name, uint32_t inc, const char *from,
+			   uint64_t now)
+{
+	struct dg_gossip_msg m = {.type = DG_GOSSIP_SUSPECT, .from = from};
+	m.node.name = name;
+	m.node.incarnation = inc;
+	inject(g, &m, now);
+}
+
+/* Ticks every 5 ms from *now until name is failed or until; returns when it was failed, or
+ * UINT64_MAX. */
+static uint64_t tick_until_failed(dg_gossip *g, const char *name, uint64_t *now, uint64_t until)
+{
+	for (; *now <= until; *now += 5) {
+		dg_gossip_tick(g, *now);
+		if (dg_gossip_find(g, name)->status == DG_GOSSIP_FAILED)
+			return *now;
+	}
+	return UINT64_MAX;
+}
+
+/* An instance that knows n1..n<members> alive and never probes within the test (a probe
+ * interval of an hour: only injected SUSPECTs make a suspicion), with the unconfirmed timeout
+ * capped at 8 s and a quarter of that after k = 3 confirmations: round numbers. */
+static dg_gossip *lone_instance(int members, uint64_t now)
+{
+	struct dg_gossip_config cfg = {.name = "n0",
+				       .addr = "10.0.0.1",
+				       .probe_interval_ms = 3600 * 1000,
+				       .suspicion_max_ms = 8000,
+				       .suspicion_min_div = 4,
+				       .seed = seed_base() + 1,
+				       .send = discard_send};
+	dg_gossip *g;
+	char err[160];
+	assert_int_equal(dg_gossip_new(&cfg, now, &g, err, sizeof(err)), 0);
+	for (int i = 1; i <= members; i++) {
+		char name[16];
+		snprintf(name, sizeof(name), "n%d", i);
+		inject_alive(g, name, 1, now);
+	}
+	assert_int_equal(dg_gossip_alive(g), (size_t)members + 1);
+	assert_int_equal(dg_gossip_suspicion_ms(g), 8000);
+	assert_int_equal(dg_gossip_suspicion_min_ms(g), 2000);
+	return g;
+}
+
+static void suspicion_confirmations(void **state)
+{
+	uint64_t now = 1000000, t0, t;
+	const uint64_t min = 2000, max = 8000;
+	dg_gossip *g = lone_instance(9, now);
+
+	/* one suspector, heard four times, and the suspect's own name: no confirmation, the
+	 * suspicion lasts max */
+	t0 = now;
+	inject_suspect(g, "n5", 1, "n1", now);
+	assert_true(dg_gossip_find(g, "n5")->suspect);
+	for (int i = 0; i < 3; i++) {
+		now += 100;
+		inject_suspect(g, "n5", 1, "n1", now);
+	}
+	inject_suspect(g, "n5", 1, "n5", now);
+	assert_int_equal(dg_gossip_stats(g)->confirmations, 0);
+	t = tick_until_failed(g, "n5", &now, t0 + max + 100);
+	assert_int_equal(t, t0 + max);
+
+	/* one other member confirms: max - (max - min) * log 2 / log 4 = 5 s */
+	t0 = now;
+	inject_suspect(g, "n6", 1, "n1", now);
+	now += 100;
+	inject_suspect(g, "n6", 1, "n2", now);
+	inject_suspect(g, "n6", 1, "n2", now); /* again: still one */
+	assert_int_equal(dg_gossip_stats(g)->confirmations, 1);
+	t = tick_until_failed(g, "n6", &now, t0 + max + 100);
+	assert_int_equal(t, t0 + expected_timeout(min, max, 1, 3));
+	assert_int_equal(t - t0, 5000);
+
+	/* two (this node's own failed probe counts, as its SUSPECT from n0), then three (k):
+	 * min; a fourth changes nothing */
+	t0 = now;
+	inject_suspect(g, "n7", 1, "n1", now);
+	now += 100;
+	inject_suspect(g, "n7", 1, "n2", now);
+	inject_suspect(g, "n7", 1, "n0", now);
+	assert_int_equal(tick_until_failed(g, "n7", &now, t0 + 1000), UINT64_MAX);
+	assert_true(dg_gossip_find(g, "n7")->suspect);
+	inject_suspect(g, "n7", 1, "n3", now);
+	inject_suspect(g, "n7", 1, "n4", now);
+	assert_int_equal(dg_gossip_stats(g)->confirmations, 1 + 3);
+	t = tick_until_failed(g, "n7", &now, t0 + max);
+	assert_int_equal(t, t0 + min);
+
+	/* a confirmation that arrives when the shorter timeout has already run out fails the
+	 * member at the next tick */
+	t0 = now;
+	inject_suspect(g, "n8", 1, "n1", now);
+	now += expected_timeout(min, max, 2, 3) + 50; /* no tick meanwhile */
+	inject_suspect(g, "n8", 1, "n2", now);
+	inject_suspect(g, "n8", 1, "n3", now);
+	t = tick_until_failed(g, "n8", &now, now);
+	assert_int_equal(t, t0 + expected_timeout(min, max, 2, 3) + 50);
+
+	/* a refutation cancels the suspicion and its confirmations: a SUSPECT at the new
+	 * incarnation starts again from max, and old ones are ignored */
+	t0 = now;
+	inject_suspect(g, "n9", 1, "n1", now);
+	inject_suspect(g, "n9", 1, "n2", now);
+	inject_suspect(g, "n9", 1, "n3", now);
+	now += 100;
+	inject_alive(g, "n9", 2, now);
+	assert_false(dg_gossip_find(g, "n9")->suspect);
+	inject_suspect(g, "n9", 1, "n4", now); /* old news */
+	assert_false(dg_gossip_find(g, "n9")->suspect);
+	assert_int_equal(tick_until_failed(g, "n9", &now, t0 + max + 100), UINT64_MAX);
+	t0 = now;
+	inject_suspect(g, "n9", 2, "n1", now);
+	assert_true(dg_gossip_find(g, "n9")->suspect);
+	assert_int_equal(dg_gossip_find(g, "n9")->incarnation, 2);
+	t = tick_until_failed(g, "n9", &now, t0 + max + 100);
+	assert_int_equal(t, t0 + max);
+	dg_gossip_free(g);
+
+	/* with fewer alive members than k who could confirm (n1, n2 besides this node and the
+	 * suspect n3), none are expected: distinct suspectors do not shorten it */
+	now = 1000000;
+	g = lone_instance(3, now);
+	t0 = now;
+	inject_suspect(g, "n3", 1, "n1", now);
+	inject_suspect(g, "n3", 1, "n2", now);
+	inject_suspect(g, "n3", 1, "n0", now);
+	t = tick_until_failed(g, "n3", &now, t0 + max + 100);
+	assert_int_equal(t, t0 + max);
+	dg_gossip_free(g);
+}
+
 static void config_and_force_leave(void **state)
 {
 	char err[160];
@@ -1202,6 +1435,7 @@ int main(void)
 	    cmocka_unit_test(keys_and_sealing),
 	    cmocka_unit_test(join_converges),
 	    cmocka_unit_test(failure_detected),
+	    cmocka_unit_test(failure_detected_50),
 	    cmocka_unit_test(restart_rejoins),
 	    cmocka_unit_test(tags_change),
 	    cmocka_unit_test(false_suspicion_refuted),
@@ -1214,6 +1448,7 @@ int main(void)
 	    cmocka_unit_test(wrong_key_cannot_join),
 	    cmocka_unit_test(garbage_changes_nothing),
 	    cmocka_unit_test(config_and_force_leave),
+	    cmocka_unit_test(suspicion_confirmations),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
