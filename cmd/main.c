@@ -640,6 +640,9 @@ static int run_agent(int argc, char **argv)
 	    .snapshot_threshold = (unsigned)snapshot_threshold,
 	    .version = DG_CONSUL_VERSION,
 	    .serf_lan_port = cfg_port(cfg, "serf_lan", 8301),
+	    /* a server has a WAN pool when it has certificates (below) */
+	    .serf_wan_port =
+		server && dg_tls_policy_has_identity(&pol) ? cfg_port(cfg, "serf_wan", 8302) : 0,
 	    .bootstrap_expect = ac.dev ? 1 : (int)expect,
 	    .join = (const char *const *)joins,
 	    .retry_join = (const char *const *)retry_joins,

@@ -24,7 +24,8 @@
 	X(DG_EBUSY, -10, "busy")                                                                   \
 	X(DG_ENOPATH, -11, "No path to datacenter")                                                \
 	X(DG_ENOSERVER, -12, "Remote DC has no server currently reachable")                        \
-	X(DG_ETIMEDOUT, -13, "timed out")
+	X(DG_ETIMEDOUT, -13, "timed out")                                                          \
+	X(DG_EOF, -14, "EOF")
 
 enum {
 #define DG_ERR_ENUM(name, code, text) name = code,

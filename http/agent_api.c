@@ -608,7 +608,10 @@ static json_t *member_json(struct dg_req *r, bool wan)
 		      "bootstrap", "1", "ft_fs", "1", "ft_si", "1");
 	if (tags && !wan) {
 		json_object_set_new(tags, "segment", json_string(""));
-		json_object_set_new(tags, "wan_join_port", json_string("8302"));
+		char wan_port[16];
+		snprintf(wan_port, sizeof(wan_port), "%d", dg_lan_config(lan)->serf_wan_port);
+		if (dg_lan_config(lan)->serf_wan_port > 0)
+			json_object_set_new(tags, "wan_join_port", json_string(wan_port));
 	}
 	return json_pack("{s:s, s:s, s:i, s:o, s:i, s:i, s:i, s:i, s:i, s:i, s:i}", "Name", name,
 			 "Addr", dg_lan_address(lan), "Port", wan ? 8302 : 8301, "Tags", tags,

@@ -303,7 +303,7 @@ int dg_reply_write_error(struct dg_req *r)
 	}
 	/* a write forwarded to the leader whose answer never came: it may or may not have been
 	 * applied, which Consul reports as an RPC error */
-	if (r->write_status == DG_ETIMEDOUT || r->write_status == DG_EIO)
+	if (r->write_status == DG_ETIMEDOUT || r->write_status == DG_EIO || r->write_status == DG_EOF)
 		return dg_reply_textf(r, 500, 0, "rpc error making call: %s",
 				      dg_strerror(r->write_status));
 	if (r->write_status != 0)

@@ -37,8 +37,10 @@ struct dg__rpc {
 	dg_lan_http_fn http_fn;
 	void *http_arg;
 	unsigned http_busy;  /* handler calls running */
-	pthread_cond_t idle; /* signalled when http_busy drops to 0 */
+	pthread_cond_t idle; /* signalled when http_busy or calls_out drops to 0 */
 	struct dg_map peers; /* "ip:port" -> struct rpc_peer* */
+	size_t calls_out;    /* calls whose callback has not finished; idle is signalled at 0 */
+	struct held_call *held; /* a follower's calls for the leader, waiting for one */
 	bool closed, inited, rep_open;
 	nng_socket rep;
 	struct rpc_in *in;
@@ -167,6 +169,7 @@ uint64_t dg__raft_id_of(const char *node_id);
 /* rpc.c */
 int dg__rpc_listen(dg_lan *l, const char *bind, int port, char *msg, size_t len);
 void dg__rpc_close(dg_lan *l);
+void dg__rpc_tick(dg_lan *l, uint64_t now);
 /* Sends buf to addr ("ip:port"); cb runs once on an nng thread, with the answer or an error
  * (DG_ETIMEDOUT, DG_EIO, DG_ESHUTDOWN), unless this returns an error. */
 int dg__rpc_call(dg_lan *l, const char *addr, const void *buf, size_t len, unsigned timeout_ms,

@@ -37,6 +37,7 @@ struct dg_lan_config {
 
 	/* LAN gossip and RPC on serf_lan_port (8301, udp and tcp) */
 	int serf_lan_port;
+	int serf_wan_port; /* a server's WAN port, told in gossip (wan_join_port); 0: no WAN pool */
 	int bootstrap_expect;     /* servers to wait for before bootstrapping raft; 0: never */
 	const char *const *join;  /* -join: tried once at start; NULL-terminated, may be NULL */
 	const char *const *retry_join; /* -retry-join: tried until one answers */
@@ -129,8 +130,9 @@ void dg_lan_rpc_answer(struct dg_lan_rpc_req *req, const void *buf, size_t len);
 typedef void (*dg_lan_rpc_fn)(void *arg, int err, const uint8_t *buf, size_t len);
 int dg_lan_http_call(dg_lan *l, const void *buf, size_t len, unsigned timeout_ms,
 		     dg_lan_rpc_fn cb, void *arg);
-/* Servers: the same to the leader (a follower's default-mode read); DG_ENOLEADER when none is
- * known. */
+/* Servers: the same to the leader (a follower's default-mode read or session renew). While no
+ * leader is reachable (none known, or its link went, also with the request out) the request is
+ * held and sent again, for up to 7 s; then cb gets DG_ENOLEADER. cb may run on the loop thread. */
 int dg_lan_http_call_leader(dg_lan *l, const void *buf, size_t len, unsigned timeout_ms,
 			    dg_lan_rpc_fn cb, void *arg);
 

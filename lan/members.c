@@ -55,7 +55,7 @@ struct dg__members {
 
 	struct dg_gossip_tag tags[MAX_TAGS];
 	size_t ntags;
-	char expect_s[16], port_s[16], build[96];
+	char expect_s[16], port_s[16], wan_port_s[16], build[96];
 	int raft_state; /* 0 none, 1 bootstrapped (only the configuration), 2 in use */
 
 	struct dg_map reaped_servers; /* raft addresses of servers reaped, for raft to remove */
@@ -416,7 +416,11 @@ static void build_tags(dg_lan *l)
 		snprintf(m->port_s, sizeof(m->port_s), "%d", l->cfg.server_port);
 		TAG("port", m->port_s);
 		TAG("raft_vsn", "3");
-		TAG("wan_join_port", "8302");
+		/* where the flood join of federation/ dials this server; none without a WAN pool */
+		if (l->cfg.serf_wan_port > 0) {
+			snprintf(m->wan_port_s, sizeof(m->wan_port_s), "%d", l->cfg.serf_wan_port);
+			TAG("wan_join_port", m->wan_port_s);
+		}
 		if (l->cfg.bootstrap_expect > 1) {
 			snprintf(m->expect_s, sizeof(m->expect_s), "%d", l->cfg.bootstrap_expect);
 			TAG("expect", m->expect_s);

@@ -234,7 +234,9 @@ static void forward(dg_lan *l, struct write_req *w)
 {
 	int rv = dg__rpc_call_json(l, l->leader_rpc, DG_RPC_WRITE, w->cmd, DG_RPC_WRITE_TIMEOUT_MS,
 				   forward_done, w);
-	if (rv != 0)
+	if (rv == DG_EOF) /* the leader's link went (it died, most likely): not sent, wait */
+		hold(l, w);
+	else if (rv != 0)
 		write_fail(l, w, rv);
 }
 
@@ -815,6 +817,7 @@ static void tick_cb(uv_timer_t *t)
 		leader_conf(l, now);
 	if (l->held)
 		release_held(l, now);
+	dg__rpc_tick(l, now);
 	if (l->read_waiters)
 		read_waiters_check(l, raft_last_applied(&l->raft), false);
 	publish_raft(l, addr);

@@ -5,9 +5,11 @@
  *
  * Threads and ownership: nng's threads run every aio callback. An incoming request is handed to
  * the loop thread (dg__lan_post) with its context; the loop answers it with dg__rpc_reply, on
- * any thread. `rpc.mu` guards the peer table and `closed`; nothing is called back under it.
- * Shutdown (dg__rpc_close, after the loop thread has ended): sockets close, which completes every
- * aio with NNG_ECLOSED; calls in flight get their callback with DG_ESHUTDOWN. */
+ * any thread. `rpc.mu` guards the peer table, each peer's calls in flight, the held calls and
+ * `closed`; nothing is called back under it (an aborted aio's callback runs later on nng's
+ * thread). Shutdown (dg__rpc_close, after the loop thread has ended): sockets close, which
+ * completes every aio with NNG_ECLOSED; calls in flight get their callback with DG_ESHUTDOWN,
+ * held ones too, and close waits until those callbacks are done. */
 #include "lan/internal.h"
 
 #include <nng/nng.h>
@@ -32,19 +34,47 @@ struct rpc_in {
 	nng_msg *req; /* the request being served; the loop's until it answers */
 };
 
+struct rpc_peer;
+
 struct rpc_call {
 	nng_ctx ctx;
 	nng_aio *aio;
 	bool receiving;
+	bool link_lost; /* the peer's connection went while this was out: it fails with DG_EOF */
+	struct rpc_peer *peer;
+	struct rpc_call *prev, *next; /* the peer's calls in flight, under rpc.mu */
 	dg_rpc_done_fn cb;
 	void *arg;
 };
 
+/* One req socket per peer address. nng would keep a request whose connection went and send it
+ * again once it reconnects (a write could be applied twice, and a caller waits out its timeout
+ * meanwhile), so the pipe events are watched: when the link goes, every call out on it fails at
+ * once with DG_EOF, and new calls fail at once until a link is back. */
 struct rpc_peer {
 	nng_socket sock;
+	dg_lan *lan;
+	int pipes;   /* connections up */
+	bool linked; /* one was up once: none up now means the link went */
+	struct rpc_call *calls;
+};
+
+/* A follower's request for the leader (a default-mode read, a session renew) that found no
+ * leader it could reach: held, as Consul holds RPCs for rpc_hold_timeout, and sent again each
+ * tick until a leader is reachable. Reads are safe to send again after their link went. */
+struct held_call {
+	struct held_call *next;
+	uint8_t *msg;
+	size_t len;
+	unsigned timeout_ms;
+	uint64_t hold_until_ms;
+	dg_lan *lan;
+	dg_lan_rpc_fn cb;
+	void *arg;
 };
 
 static void in_start(struct rpc_in *in);
+static void held_fail_all(dg_lan *l);
 
 static int rpc_err(int nng_rv)
 {
@@ -56,6 +86,8 @@ static int rpc_err(int nng_rv)
 		return DG_ESHUTDOWN;
 	case NNG_ENOMEM:
 		return DG_ENOMEM;
+	case NNG_ECONNRESET:
+		return DG_EOF;
 	default:
 		return DG_EIO;
 	}
@@ -167,14 +199,37 @@ void dg_lan_rpc_answer(struct dg_lan_rpc_req *req, const void *buf, size_t len)
 
 /* ---- calling ---- */
 
+/* Under rpc.mu. */
+static void call_unlink(struct rpc_call *c)
+{
+	if (c->prev)
+		c->prev->next = c->next;
+	else if (c->peer->calls == c)
+		c->peer->calls = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	c->prev = c->next = NULL;
+}
+
 static void call_cb(void *arg)
 {
 	struct rpc_call *c = arg;
+	dg_lan *l = c->peer->lan;
 	int rv = nng_aio_result(c->aio);
-	if (rv == 0 && !c->receiving) {
+	bool sent = rv == 0 && !c->receiving;
+	pthread_mutex_lock(&l->rpc.mu);
+	if (sent && !c->link_lost) {
+		/* under rpc.mu, so a lost link either finds the receive to abort or is seen here */
 		c->receiving = true;
 		nng_ctx_recv(c->ctx, c->aio);
+		pthread_mutex_unlock(&l->rpc.mu);
 		return;
+	}
+	call_unlink(c);
+	pthread_mutex_unlock(&l->rpc.mu);
+	if (sent) { /* sent, then its link went before the answer could be waited for */
+		c->receiving = true;
+		rv = NNG_ECONNRESET;
 	}
 	if (rv != 0) {
 		if (!c->receiving) /* a failed send leaves the message with us */
@@ -190,26 +245,54 @@ static void call_cb(void *arg)
 	/* an aio cannot be freed from its own callback: nng frees it later */
 	nng_aio_reap(c->aio);
 	free(c);
+	/* last: dg__rpc_close waits for this before it frees the peers and rpc.mu */
+	pthread_mutex_lock(&l->rpc.mu);
+	if (--l->rpc.calls_out == 0)
+		pthread_cond_broadcast(&l->rpc.idle);
+	pthread_mutex_unlock(&l->rpc.mu);
 }
 
-/* The peer's socket, made on first use. Under rpc.mu. */
-static int peer_socket(dg_lan *l, const char *addr, nng_socket *out)
+/* nng's pipe events for a peer's socket, on nng's threads. */
+static void peer_pipe_cb(nng_pipe pipe, nng_pipe_ev ev, void *arg)
+{
+	struct rpc_peer *p = arg;
+	dg_lan *l = p->lan;
+	(void)pipe;
+	pthread_mutex_lock(&l->rpc.mu);
+	if (ev == NNG_PIPE_EV_ADD_POST) {
+		p->pipes++;
+		p->linked = true;
+	} else if (ev == NNG_PIPE_EV_REM_POST && p->pipes > 0 && --p->pipes == 0) {
+		/* aborting only completes the aio (its callback runs later, on nng's thread) */
+		for (struct rpc_call *c = p->calls; c; c = c->next) {
+			c->link_lost = true;
+			nng_aio_abort(c->aio, NNG_ECONNRESET);
+		}
+	}
+	pthread_mutex_unlock(&l->rpc.mu);
+}
+
+/* The peer, its socket made on first use. Under rpc.mu. */
+static int peer_get(dg_lan *l, const char *addr, struct rpc_peer **out)
 {
 	struct rpc_peer *p = dg_map_find(&l->rpc.peers, addr);
 	char url[128];
 	int rv;
 	if (p) {
-		*out = p->sock;
+		*out = p;
 		return 0;
 	}
 	p = calloc(1, sizeof(*p));
 	if (!p)
 		return NNG_ENOMEM;
+	p->lan = l;
 	snprintf(url, sizeof(url), "tcp://%s", addr);
 	if ((rv = nng_req0_open(&p->sock)) != 0) {
 		free(p);
 		return rv;
 	}
+	nng_pipe_notify(p->sock, NNG_PIPE_EV_ADD_POST, peer_pipe_cb, p);
+	nng_pipe_notify(p->sock, NNG_PIPE_EV_REM_POST, peer_pipe_cb, p);
 	/* a write is sent once: it is never resent on its own (it may have been applied) */
 	nng_socket_set_ms(p->sock, NNG_OPT_REQ_RESENDTIME, NNG_DURATION_INFINITE);
 	nng_socket_set_size(p->sock, NNG_OPT_RECVMAXSZ, DG_RPC_MAX_MSG);
@@ -221,7 +304,7 @@ static int peer_socket(dg_lan *l, const char *addr, nng_socket *out)
 		free(p);
 		return rv ? rv : NNG_ENOMEM;
 	}
-	*out = p->sock;
+	*out = p;
 	return 0;
 }
 
@@ -229,19 +312,19 @@ int dg__rpc_call(dg_lan *l, const char *addr, const void *buf, size_t len, unsig
 		 dg_rpc_done_fn cb, void *arg)
 {
 	struct rpc_call *c = calloc(1, sizeof(*c));
-	nng_socket sock;
+	struct rpc_peer *p = NULL;
 	nng_msg *m = NULL;
 	int rv;
 	if (!c)
 		return DG_ENOMEM;
 	pthread_mutex_lock(&l->rpc.mu);
-	rv = l->rpc.closed ? NNG_ECLOSED : peer_socket(l, addr, &sock);
+	rv = l->rpc.closed ? NNG_ECLOSED : peer_get(l, addr, &p);
 	pthread_mutex_unlock(&l->rpc.mu);
 	if (rv != 0) {
 		free(c);
 		return rv == NNG_ECLOSED ? DG_ESHUTDOWN : DG_EIO;
 	}
-	if ((rv = nng_ctx_open(&c->ctx, sock)) != 0) {
+	if ((rv = nng_ctx_open(&c->ctx, p->sock)) != 0) {
 		free(c);
 		return rpc_err(rv);
 	}
@@ -256,9 +339,27 @@ int dg__rpc_call(dg_lan *l, const char *addr, const void *buf, size_t len, unsig
 	}
 	c->cb = cb;
 	c->arg = arg;
+	c->peer = p;
 	nng_aio_set_timeout(c->aio, (nng_duration)timeout_ms);
 	nng_aio_set_msg(c->aio, m);
+	pthread_mutex_lock(&l->rpc.mu);
+	if (l->rpc.closed || (p->linked && p->pipes == 0)) {
+		/* shutting down, or the link went: not sent, so the caller may try elsewhere */
+		rv = l->rpc.closed ? DG_ESHUTDOWN : DG_EOF;
+		pthread_mutex_unlock(&l->rpc.mu);
+		nng_msg_free(m);
+		nng_aio_free(c->aio);
+		nng_ctx_close(c->ctx);
+		free(c);
+		return rv;
+	}
+	c->next = p->calls;
+	if (p->calls)
+		p->calls->prev = c;
+	p->calls = c;
+	l->rpc.calls_out++;
 	nng_ctx_send(c->ctx, c->aio);
+	pthread_mutex_unlock(&l->rpc.mu);
 	return 0;
 }
 
@@ -353,6 +454,11 @@ void dg__rpc_close(dg_lan *l)
 		struct rpc_peer *p = l->rpc.peers.v[i].value;
 		nng_close(p->sock);
 	}
+	/* every call completed with NNG_ECLOSED: wait until their callbacks are done with us */
+	pthread_mutex_lock(&l->rpc.mu);
+	while (l->rpc.calls_out > 0)
+		pthread_cond_wait(&l->rpc.idle, &l->rpc.mu);
+	pthread_mutex_unlock(&l->rpc.mu);
 	if (l->rpc.rep_open)
 		nng_close(l->rpc.rep);
 	for (size_t i = 0; i < l->rpc.nin; i++) {
@@ -363,6 +469,7 @@ void dg__rpc_close(dg_lan *l)
 		nng_aio_free(in->aio);
 	}
 	free(l->rpc.in);
+	held_fail_all(l);
 	for (size_t i = 0; i < l->rpc.peers.n; i++)
 		free(l->rpc.peers.v[i].value);
 	dg_map_fini(&l->rpc.peers);
@@ -371,41 +478,149 @@ void dg__rpc_close(dg_lan *l)
 	l->rpc.inited = false;
 }
 
-static int http_call(dg_lan *l, bool to_leader, const void *buf, size_t len, unsigned timeout_ms,
-		     dg_lan_rpc_fn cb, void *arg)
+/* ---- HTTP requests for a server (client agents) or the leader (followers) ---- */
+
+static uint8_t *http_msg(const void *buf, size_t len)
 {
-	char addr[96] = "";
-	size_t n = 0;
-	pthread_mutex_lock(&l->mu);
-	if (to_leader) {
-		snprintf(addr, sizeof(addr), "%s", l->leader_rpc_pub);
-	} else {
-		while (l->server_rpc && l->server_rpc[n])
-			n++;
-		if (n > 0)
-			snprintf(addr, sizeof(addr), "%s", l->server_rpc[l->server_turn++ % n]);
+	uint8_t *msg = malloc(len + 1);
+	if (msg) {
+		msg[0] = DG_RPC_HTTP;
+		memcpy(msg + 1, buf, len);
 	}
+	return msg;
+}
+
+static void held_free(struct held_call *h)
+{
+	free(h->msg);
+	free(h);
+}
+
+static void held_park(struct held_call *h)
+{
+	dg_lan *l = h->lan;
+	pthread_mutex_lock(&l->rpc.mu);
+	bool closed = l->rpc.closed;
+	if (!closed) {
+		h->next = l->rpc.held;
+		l->rpc.held = h;
+	}
+	pthread_mutex_unlock(&l->rpc.mu);
+	if (closed) {
+		h->cb(h->arg, DG_ESHUTDOWN, NULL, 0);
+		held_free(h);
+	}
+}
+
+static int held_send(struct held_call *h);
+
+static void held_done(void *arg, int err, const uint8_t *buf, size_t len)
+{
+	struct held_call *h = arg;
+	/* the leader's link went with the request out: asked again of the next leader */
+	if (err == DG_EOF && dg_now_ms() < h->hold_until_ms) {
+		held_park(h);
+		return;
+	}
+	h->cb(h->arg, err, buf, len);
+	held_free(h);
+}
+
+/* DG_ENOLEADER or DG_EOF: no leader this server can reach now; the caller holds it. */
+static int held_send(struct held_call *h)
+{
+	dg_lan *l = h->lan;
+	char addr[96];
+	pthread_mutex_lock(&l->mu);
+	snprintf(addr, sizeof(addr), "%s", l->leader_rpc_pub);
 	pthread_mutex_unlock(&l->mu);
 	if (!*addr)
-		return to_leader ? DG_ENOLEADER : DG_ENOSERVER;
-	uint8_t *msg = malloc(len + 1);
-	if (!msg)
-		return DG_ENOMEM;
-	msg[0] = DG_RPC_HTTP;
-	memcpy(msg + 1, buf, len);
-	int rv = dg__rpc_call(l, addr, msg, len + 1, timeout_ms, cb, arg);
-	free(msg);
-	return rv;
+		return DG_ENOLEADER;
+	return dg__rpc_call(l, addr, h->msg, h->len, h->timeout_ms, held_done, h);
+}
+
+/* Loop thread, each tick: held calls go to the leader once one is reachable, or fail with
+ * DG_ENOLEADER once held DG_LEADER_HOLD_MS. */
+void dg__rpc_tick(dg_lan *l, uint64_t now)
+{
+	pthread_mutex_lock(&l->rpc.mu);
+	struct held_call *h = l->rpc.held;
+	l->rpc.held = NULL;
+	pthread_mutex_unlock(&l->rpc.mu);
+	while (h) {
+		struct held_call *next = h->next;
+		int rv = now >= h->hold_until_ms ? DG_ENOLEADER : held_send(h);
+		if (now < h->hold_until_ms && (rv == DG_ENOLEADER || rv == DG_EOF)) {
+			held_park(h);
+		} else if (rv != 0) {
+			h->cb(h->arg, rv, NULL, 0);
+			held_free(h);
+		}
+		h = next;
+	}
+}
+
+/* After the loop has ended: what is still held fails. */
+static void held_fail_all(dg_lan *l)
+{
+	pthread_mutex_lock(&l->rpc.mu);
+	struct held_call *h = l->rpc.held;
+	l->rpc.held = NULL;
+	pthread_mutex_unlock(&l->rpc.mu);
+	while (h) {
+		struct held_call *next = h->next;
+		h->cb(h->arg, DG_ESHUTDOWN, NULL, 0);
+		held_free(h);
+		h = next;
+	}
 }
 
 int dg_lan_http_call(dg_lan *l, const void *buf, size_t len, unsigned timeout_ms,
 		     dg_lan_rpc_fn cb, void *arg)
 {
-	return http_call(l, false, buf, len, timeout_ms, cb, arg);
+	uint8_t *msg = http_msg(buf, len);
+	int rv = DG_ENOSERVER;
+	if (!msg)
+		return DG_ENOMEM;
+	/* servers in turn; one whose link went is passed over (the request was not sent) */
+	for (size_t tries = 0;; tries++) {
+		char addr[96] = "";
+		size_t n = 0;
+		pthread_mutex_lock(&l->mu);
+		while (l->server_rpc && l->server_rpc[n])
+			n++;
+		if (n > 0 && tries < n)
+			snprintf(addr, sizeof(addr), "%s", l->server_rpc[l->server_turn++ % n]);
+		pthread_mutex_unlock(&l->mu);
+		if (!*addr)
+			break;
+		if ((rv = dg__rpc_call(l, addr, msg, len + 1, timeout_ms, cb, arg)) != DG_EOF)
+			break;
+	}
+	free(msg);
+	return rv;
 }
 
 int dg_lan_http_call_leader(dg_lan *l, const void *buf, size_t len, unsigned timeout_ms,
 			    dg_lan_rpc_fn cb, void *arg)
 {
-	return http_call(l, true, buf, len, timeout_ms, cb, arg);
+	struct held_call *h = calloc(1, sizeof(*h));
+	if (!h || !(h->msg = http_msg(buf, len))) {
+		free(h);
+		return DG_ENOMEM;
+	}
+	h->len = len + 1;
+	h->timeout_ms = timeout_ms;
+	h->hold_until_ms = dg_now_ms() + DG_LEADER_HOLD_MS;
+	h->lan = l;
+	h->cb = cb;
+	h->arg = arg;
+	int rv = held_send(h);
+	if (rv == DG_ENOLEADER || rv == DG_EOF) {
+		held_park(h);
+		return 0;
+	}
+	if (rv != 0)
+		held_free(h);
+	return rv;
 }

@@ -206,12 +206,19 @@ class Agent:
                 last = r
                 if r.status == 200:
                     v = r.json()
-                    if isinstance(v, str) and v:
+                    # The new leader registers its own node with a write of its own just after
+                    # the election (as Consul's leader does), so "ready" is a leader plus this
+                    # agent's node in the catalog; a test reading the catalog at once would race.
+                    if isinstance(v, str) and v and self._own_node_listed():
                         return v
             except (OSError, ValueError, http.client.HTTPException) as e:
                 last = e
             time.sleep(0.1)
         raise RuntimeError("agent had no leader after %.0fs (last: %r)\n%s" % (timeout, last, self.log_tail()))
+
+    def _own_node_listed(self):
+        r = self.get("/v1/catalog/node/%s?stale" % self.node, timeout=2)
+        return r.status == 200 and r.json() is not None
 
     def running(self):
         return self.proc is not None and self.proc.poll() is None
