@@ -64,6 +64,25 @@ struct centry {
 	struct centry *hnext; /* in its bucket of f->cache_index */
 };
 
+/* Flood join (Consul's floodJoins): every server joins the WAN pool with each alive server of its
+ * own DC that LAN gossip shows and the pool does not know. Without it, only the servers given a
+ * WAN join address (retry_join_wan, -join-wan, PUT /v1/agent/join?wan=1) are ever in the pool:
+ * in a DC of three servers where one of them has retry_join_wan, the other two answer every
+ * ?dc= with "No path to datacenter" (and so do the client agents that send ?dc= to them), and
+ * other DCs never forward to them, so losing the one joined server cuts the DC off. A member
+ * whose join failed (no WAN listener: a server without certificates) is tried again after 5 s,
+ * then 10, 20, 40, 60 s at most, so it costs one warning a minute. */
+#define FLOOD_INTERVAL_MS 1000
+#define FLOOD_BACKOFF_MIN_MS 5000
+#define FLOOD_BACKOFF_MAX_MS 60000
+#define FLOOD_MAX 64 /* servers of this DC missing from the pool, tracked at once */
+
+struct flood_entry {
+	char name[DG_WAN_NAME_MAX]; /* "<node>.<dc>" */
+	uint64_t next_ms;	    /* next join attempt */
+	unsigned backoff_ms;	    /* 0: never tried */
+};
+
 struct dg_fed {
 	dg_wan *wan;
 	dg_lan *lan; /* serving its client agents, or NULL */
@@ -80,6 +99,10 @@ struct dg_fed {
 	bool stopped; /* dg_fed_stop has run */
 	_Atomic uint64_t forwards, forward_errors, in_flight, served, coalesced;
 	_Atomic uint64_t cache_hits, cache_misses;
+	/* the refresher thread's only: servers of this DC the WAN pool lacks */
+	struct flood_entry flood[FLOOD_MAX];
+	size_t nflood;
+	uint64_t flood_ms; /* last pass */
 };
 
 static uint32_t key_hash(const char *key)
@@ -558,7 +581,68 @@ static void refresh_start(dg_fed *f, struct centry *e)
 	}
 }
 
-/* The refresher thread: starts due refreshes and drops answers nobody reads any more. */
+static const char *member_tag(json_t *m, const char *key)
+{
+	return json_string_value(json_object_get(json_object_get(m, "Tags"), key));
+}
+
+/* One flood-join pass (see FLOOD_INTERVAL_MS): a WAN join for each alive LAN server of this DC
+ * that the pool does not know and is due. Refresher thread, without f->mu (the LAN and the WAN
+ * pool take their own locks). */
+static void flood_pass(dg_fed *f, uint64_t now)
+{
+	json_t *lan = dg_lan_members(f->lan);
+	struct dg_wan_member *wm = NULL;
+	size_t nw = dg_wan_members(f->wan, &wm);
+	struct flood_entry keep[FLOOD_MAX];
+	size_t nkeep = 0, i;
+	json_t *m;
+	json_array_foreach(lan, i, m)
+	{
+		const char *node = json_string_value(json_object_get(m, "Name"));
+		const char *addr = json_string_value(json_object_get(m, "Addr"));
+		const char *role = member_tag(m, "role"), *dc = member_tag(m, "dc");
+		const char *port = member_tag(m, "wan_join_port");
+		char name[DG_WAN_NAME_MAX], target[300];
+		if (!node || !addr || !role || strcmp(role, "consul") != 0 || !dc ||
+		    strcmp(dc, f->dc) != 0 || json_integer_value(json_object_get(m, "Status")) != 1)
+			continue;
+		int n = snprintf(name, sizeof(name), "%s.%s", node, dc);
+		if (n < 0 || (size_t)n >= sizeof(name))
+			continue;
+		bool known = false;
+		for (size_t j = 0; j < nw && !known; j++)
+			known = strcmp(wm[j].m.name, name) == 0;
+		if (known || nkeep == FLOOD_MAX)
+			continue;
+		struct flood_entry e = {.next_ms = now};
+		snprintf(e.name, sizeof(e.name), "%s", name);
+		for (size_t j = 0; j < f->nflood; j++)
+			if (strcmp(f->flood[j].name, name) == 0)
+				e = f->flood[j];
+		if (now >= e.next_ms) {
+			n = snprintf(target, sizeof(target), "%s:%s", addr, port ? port : "8302");
+			if (n > 0 && (size_t)n < sizeof(target)) {
+				DG_LOGI(FED, "flood join: %s (%s) is a server of this DC the WAN pool "
+					     "does not know; joining it",
+					name, target);
+				dg_wan_join(f->wan, target, NULL, NULL); /* the outcome is logged there */
+			}
+			e.backoff_ms = e.backoff_ms ? 2 * e.backoff_ms : FLOOD_BACKOFF_MIN_MS;
+			if (e.backoff_ms > FLOOD_BACKOFF_MAX_MS)
+				e.backoff_ms = FLOOD_BACKOFF_MAX_MS;
+			e.next_ms = now + e.backoff_ms;
+		}
+		keep[nkeep++] = e;
+	}
+	memcpy(f->flood, keep, nkeep * sizeof(keep[0]));
+	f->nflood = nkeep;
+	free(wm);
+	json_decref(lan);
+}
+
+/* The refresher thread: starts due refreshes and drops answers nobody reads any more; on a
+ * server, the flood join too. */
 static void *refresher_main(void *arg)
 {
 	dg_fed *f = arg;
@@ -569,6 +653,14 @@ static void *refresher_main(void *arg)
 		if (f->stopping)
 			break;
 		uint64_t now = dg_now_ms();
+		if (f->lan && now - f->flood_ms >= FLOOD_INTERVAL_MS) {
+			f->flood_ms = now;
+			pthread_mutex_unlock(&f->mu);
+			flood_pass(f, now);
+			pthread_mutex_lock(&f->mu);
+			if (f->stopping)
+				break;
+		}
 		for (struct centry **pp = &f->cache; *pp;) {
 			struct centry *e = *pp;
 			if (!e->refreshing && now - e->used_ms > CACHE_IDLE_MS) {

@@ -5,7 +5,8 @@
 #
 # The long tests (the python-consul example, about 2 minutes of waiting for the deregistration;
 # the kill -9 restart test; slow clients; session TTL expiry; federation, three DCs with one of
-# them killed and restarted; three-server clusters with a leader killed) mostly wait, so they run as a second
+# them killed and restarted; federation between two DCs of three servers with east's leader and
+# the servers dc1 forwards to killed; three-server clusters with a leader killed) mostly wait, so they run as a second
 # group in parallel with the rest; each test starts its own agent on its own loopback address.
 #
 # usage: run-integration.sh [--quick]
@@ -59,6 +60,7 @@ long=(
   "$here/integration/test_session_ttl.py"
   "$here/integration/test_many_waiters.py"
   "$here/integration/test_federation.py"
+  "$here/integration/test_federation_cluster.py"
   "$here/integration/test_cluster.py"
   "$here/integration/test_example_cluster.py"
 )

@@ -61,6 +61,9 @@
 #define MAX_JOBS 8192	  /* forwarded requests served at once */
 #define IDLE_RECEIVERS 4 /* jobs kept waiting for requests; more are parked */
 #define TICK_MS 100
+/* For this long after a server's data link went, the timer cancels requests still on it (see
+ * timer_main); by then the member is failed and its sockets replaced, which ends them too. */
+#define LINK_SWEEP_MS 10000
 /* Batchable requests (forwarded non-blocking reads) in flight to one server at once, each
  * alone or a BATCH; more wait and leave together when it comes back. Every WAN message costs
  * nng far more CPU than its bytes do, so under load fewer, fuller messages win: one in flight
@@ -83,6 +86,7 @@ struct peer {
 	bool closing;	      /* left: the timer thread closes them */
 	int ctl_pipes, data_pipes;
 	bool ever_linked; /* a data link has been up at least once */
+	uint64_t link_lost_ms; /* when its last data link went (0: never; see LINK_SWEEP_MS) */
 	uint64_t added_ms;
 	uint64_t recycled_ms; /* when its sockets were last replaced */
 	bool have_rtt;
@@ -227,6 +231,7 @@ struct dg_wan {
 	bool timer_started;
 	struct dg__wan_closer *closer; /* closes every socket that has been dialed or listened on */
 	bool close_stuck_logged;      /* timer thread */
+	uint64_t link_lost_ms;	      /* the latest of the peers' link_lost_ms (mu) */
 	/* dg_wan_free() gave up on a stuck close and left the pool to the process exit: nng may
 	 * still complete ops, whose callers are gone, so their callbacks are not called */
 	atomic_bool abandoned;
@@ -548,7 +553,7 @@ static void pipe_cb(nng_pipe pipe, nng_pipe_ev ev, void *arg)
 	struct peer *p = arg;
 	dg_wan *w = p->w;
 	int id = nng_socket_id(nng_pipe_socket(pipe));
-	struct op *cancel[64];
+	struct op *cancel[256];
 	int ncancel = 0;
 	pthread_mutex_lock(&w->mu);
 	bool is_data = p->open && id == nng_socket_id(p->data);
@@ -567,10 +572,21 @@ static void pipe_cb(nng_pipe pipe, nng_pipe_ev ev, void *arg)
 	} else if (ev == NNG_PIPE_EV_REM_POST && *count > 0) {
 		(*count)--;
 		/* nng's req would send these again on the next link to the same server; a request
-		 * that may have been applied must not be, so it ends here with an error */
+		 * that may have been applied must not be, so it ends here with an error.
+		 * Once no data link is left, reads (and batches of them) end here too: nng keeps a
+		 * request it has not yet written to a link queued until a link to this server
+		 * comes back, which for a killed server is never. They waited until the member
+		 * failed and its sockets were replaced (about 4 s after a kill -9) and then failed;
+		 * cancelled, they move to the next server of the DC now (req_settle). Their aios
+		 * exist: after_start gives each op one, under mu. */
+		bool gone = *count == 0;
+		if (is_data && gone)
+			p->link_lost_ms = w->link_lost_ms = dg_now_ms();
 		if (is_data)
-			for (struct op *o = w->in_flight; o && ncancel < 64; o = o->next)
-				if (o->kind == OP_REQ && o->peer == p && !o->retryable)
+			for (struct op *o = w->in_flight; o && ncancel < 256; o = o->next)
+				if (o->peer == p && o->aio &&
+				    ((o->kind == OP_REQ && (!o->retryable || gone)) ||
+				     (o->kind == OP_BATCH && gone)))
 					cancel[ncancel++] = o;
 	}
 	for (int i = 0; i < ncancel; i++)
@@ -1373,6 +1389,10 @@ struct after {
 
 static void after_start(struct after *a, struct op *o, nng_socket s)
 {
+	/* the aio is made here, under mu, rather than in op_start, so that pipe_cb can cancel
+	 * any request that is about to be sent or on a link (op_start reports a failure) */
+	if (!o->aio && nng_aio_alloc(&o->aio, op_cb, o) != 0)
+		o->aio = NULL;
 	o->sock = s;
 	o->snext = a->start;
 	a->start = o;
@@ -1406,6 +1426,7 @@ static void after_run(struct after *a)
 /* Sends request o to p: at once, or, when it is batchable and p's batch slots are all taken,
  * after the others waiting in p's queue (slot_release sends them). With mu held. */
 static void slot_release(dg_wan *w, struct peer *p, struct after *a);
+static bool req_settle(dg_wan *w, struct op *o, int err, struct after *a);
 
 static void req_route(dg_wan *w, struct op *o, struct peer *p, struct after *a)
 {
@@ -1452,6 +1473,17 @@ static void slot_release(dg_wan *w, struct peer *p, struct after *a)
 	uint64_t now = dg_now_ms();
 	struct op *take[DG_WAN_MAX_BATCH];
 	size_t n = 0;
+	/* p's data link is down (the slot comes back because the request holding it failed with
+	 * its link): what waits in p's queue moves to the next server of its DC now, rather than
+	 * wait in nng's queue for a link to p that a killed server never brings back */
+	if (!w->stopping && !usable(p, now)) {
+		struct op *o;
+		while ((o = queue_pop(p)) != NULL)
+			if (req_settle(w, o, DG_EIO, a))
+				after_end(a, o, DG_EIO);
+		p->batch_slots--;
+		return;
+	}
 	struct dg_wan_batch b;
 	dg_wan_batch_init(&b, DG_WAN_BATCH, DG_WAN_MAX_MSG);
 	while (p->queue && n < DG_WAN_MAX_BATCH) {
@@ -1559,6 +1591,11 @@ static void req_done(struct op *o, int err, const struct dg_wan_msg *reply)
 	dg_wan *w = o->w;
 	struct after a = {0};
 	pthread_mutex_lock(&w->mu);
+	/* NNG_ECLOSED while the pool runs is our own close of the socket (a failed member's
+	 * sockets replaced): a failed link like any other, so the request may move on, and its
+	 * client is not told "shutting down" */
+	if (err == DG_ESHUTDOWN && !w->stopping)
+		err = DG_EIO;
 	bool finished = req_settle(w, o, err, &a);
 	if (finished && err != 0 && w->stopping)
 		err = DG_ESHUTDOWN; /* closing our sockets ended it, whatever nng called it */
@@ -1590,6 +1627,8 @@ static void batch_done(struct op *c, int err, const struct dg_wan_msg *reply,
 		err = DG_EIO;
 	}
 	pthread_mutex_lock(&w->mu);
+	if (err == DG_ESHUTDOWN && !w->stopping)
+		err = DG_EIO; /* as in req_done */
 	inflight_del(w, c);
 	if (c->slot) {
 		c->slot = false;
@@ -1827,6 +1866,23 @@ static void *timer_main(void *arg)
 		}
 		uint64_t now = dg_now_ms();
 		bool pushpull_due = now >= next_pushpull;
+		/* a request started on a server's data socket just as its link went (routed before
+		 * pipe_cb ran, sent after its cancel) waits in nng's queue for a link that a killed
+		 * server never brings back: while a link is down, such requests are cancelled here,
+		 * so they too move to the next server within a tick. The in-flight list is walked
+		 * only for LINK_SWEEP_MS after a link was lost. */
+		if (w->link_lost_ms && now - w->link_lost_ms < LINK_SWEEP_MS) {
+			int nswept = 0;
+			for (struct op *o = w->in_flight; o && nswept < 256; o = o->next) {
+				struct peer *q = o->peer;
+				if ((o->kind == OP_REQ || o->kind == OP_BATCH) && q && o->aio &&
+				    q->data_pipes == 0 && q->link_lost_ms &&
+				    now - q->link_lost_ms < LINK_SWEEP_MS) {
+					nng_aio_cancel(o->aio); /* completes later, on an nng thread */
+					nswept++;
+				}
+			}
+		}
 		/* a close stuck in nng (wan/closer.c) means nng's reaper is stuck: nothing more gets
 		 * closed, and a socket whose link dies is not redialed either (nng redials once the
 		 * dead pipe is reaped). Sockets that never had a link keep redialing by themselves,
