@@ -69,8 +69,9 @@ struct centry {
  * WAN join address (retry_join_wan, -join-wan, PUT /v1/agent/join?wan=1) are ever in the pool:
  * in a DC of three servers where one of them has retry_join_wan, the other two answer every
  * ?dc= with "No path to datacenter" (and so do the client agents that send ?dc= to them), and
- * other DCs never forward to them, so losing the one joined server cuts the DC off. A member
- * whose join failed (no WAN listener: a server without certificates) is tried again after 5 s,
+ * other DCs never forward to them, so losing the one joined server cuts the DC off. Servers
+ * without a WAN pool do not tell a wan_join_port and are passed over. A member whose join
+ * failed (its WAN listener is down) is tried again after 5 s,
  * then 10, 20, 40, 60 s at most, so it costs one warning a minute. */
 #define FLOOD_INTERVAL_MS 1000
 #define FLOOD_BACKOFF_MIN_MS 5000
@@ -604,7 +605,8 @@ static void flood_pass(dg_fed *f, uint64_t now)
 		const char *role = member_tag(m, "role"), *dc = member_tag(m, "dc");
 		const char *port = member_tag(m, "wan_join_port");
 		char name[DG_WAN_NAME_MAX], target[300];
-		if (!node || !addr || !role || strcmp(role, "consul") != 0 || !dc ||
+		/* no wan_join_port: a server without a WAN pool (no certificates) */
+		if (!node || !addr || !role || strcmp(role, "consul") != 0 || !port || !dc ||
 		    strcmp(dc, f->dc) != 0 || json_integer_value(json_object_get(m, "Status")) != 1)
 			continue;
 		int n = snprintf(name, sizeof(name), "%s.%s", node, dc);
@@ -621,7 +623,7 @@ static void flood_pass(dg_fed *f, uint64_t now)
 			if (strcmp(f->flood[j].name, name) == 0)
 				e = f->flood[j];
 		if (now >= e.next_ms) {
-			n = snprintf(target, sizeof(target), "%s:%s", addr, port ? port : "8302");
+			n = snprintf(target, sizeof(target), "%s:%s", addr, port);
 			if (n > 0 && (size_t)n < sizeof(target)) {
 				DG_LOGI(FED, "flood join: %s (%s) is a server of this DC the WAN pool "
 					     "does not know; joining it",
@@ -653,7 +655,7 @@ static void *refresher_main(void *arg)
 		if (f->stopping)
 			break;
 		uint64_t now = dg_now_ms();
-		if (f->lan && now - f->flood_ms >= FLOOD_INTERVAL_MS) {
+		if (f->lan && f->wan && now - f->flood_ms >= FLOOD_INTERVAL_MS) {
 			f->flood_ms = now;
 			pthread_mutex_unlock(&f->mu);
 			flood_pass(f, now);

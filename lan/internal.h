@@ -144,7 +144,7 @@ struct dg_lan {
 	json_t *members_json; /* GET /v1/agent/members */
 	json_t *raft_json;    /* GET /v1/operator/raft/configuration */
 	char **server_rpc;    /* 8301 addresses of this DC's alive servers (NULL-terminated) */
-	char leader_rpc_pub[96]; /* leader_rpc, for other threads */
+	char leader_rpc_pub[96]; /* the leader's 8301 address, also when it is this server */
 	unsigned server_turn; /* round robin over them */
 };
 

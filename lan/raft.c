@@ -792,12 +792,15 @@ static void tick_cb(uv_timer_t *t)
 		if (contact > 2 * RAFT_ELECTION_MS)
 			addr = NULL;
 	}	/* a follower forwards to the leader's 8301, which gossip tells */
-	l->leader_rpc[0] = 0;
-	if (addr && !leader && !dg__members_rpc_of(l, addr, l->leader_rpc, sizeof(l->leader_rpc)))
-		l->leader_rpc[0] = 0;
+	char rpc[sizeof(l->leader_rpc)] = "";
+	if (addr && !dg__members_rpc_of(l, addr, rpc, sizeof(rpc)))
+		rpc[0] = 0;
+	snprintf(l->leader_rpc, sizeof(l->leader_rpc), "%s", leader ? "" : rpc);
 
 	pthread_mutex_lock(&l->mu);
-	snprintf(l->leader_rpc_pub, sizeof(l->leader_rpc_pub), "%s", l->leader_rpc);
+	/* this server's own when it leads: a read held while it was a follower is sent to itself
+	 * once it has won the election (lan/rpc.c) */
+	snprintf(l->leader_rpc_pub, sizeof(l->leader_rpc_pub), "%s", rpc);
 	l->leader_known = addr != NULL;
 	snprintf(l->leader, sizeof(l->leader), "%s", addr ? addr : "");
 	l->last_contact_ms = contact;

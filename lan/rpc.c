@@ -54,6 +54,7 @@ struct rpc_call {
 struct rpc_peer {
 	nng_socket sock;
 	dg_lan *lan;
+	char addr[96];
 	int pipes;   /* connections up */
 	bool linked; /* one was up once: none up now means the link went */
 	struct rpc_call *calls;
@@ -264,10 +265,12 @@ static void peer_pipe_cb(nng_pipe pipe, nng_pipe_ev ev, void *arg)
 		p->linked = true;
 	} else if (ev == NNG_PIPE_EV_REM_POST && p->pipes > 0 && --p->pipes == 0) {
 		/* aborting only completes the aio (its callback runs later, on nng's thread) */
-		for (struct rpc_call *c = p->calls; c; c = c->next) {
+		int n = 0;
+		for (struct rpc_call *c = p->calls; c; c = c->next, n++) {
 			c->link_lost = true;
 			nng_aio_abort(c->aio, NNG_ECONNRESET);
 		}
+		DG_LOGD(RPC, "link to %s lost; %d call(s) out on it fail", p->addr, n);
 	}
 	pthread_mutex_unlock(&l->rpc.mu);
 }
@@ -286,6 +289,7 @@ static int peer_get(dg_lan *l, const char *addr, struct rpc_peer **out)
 	if (!p)
 		return NNG_ENOMEM;
 	p->lan = l;
+	snprintf(p->addr, sizeof(p->addr), "%s", addr);
 	snprintf(url, sizeof(url), "tcp://%s", addr);
 	if ((rv = nng_req0_open(&p->sock)) != 0) {
 		free(p);
