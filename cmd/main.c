@@ -640,6 +640,10 @@ static int run_agent(int argc, char **argv)
 	    .snapshot_threshold = (unsigned)snapshot_threshold,
 	    .version = DG_CONSUL_VERSION,
 	    .serf_lan_port = cfg_port(cfg, "serf_lan", 8301),
+	    /* with a certificate and a CA the servers' requests go over TLS, to a server's
+	     * ports.rpc_tls (Consul has them on 8300 with raft; libraft owns 8300 here) */
+	    .tls = dg_tls_policy_has_identity(&pol) && (pol.ca_file || pol.ca_path) ? &pol : NULL,
+	    .rpc_tls_port = cfg_port(cfg, "rpc_tls", 8303),
 	    /* a server has a WAN pool when it has certificates (below) */
 	    .serf_wan_port =
 		server && dg_tls_policy_has_identity(&pol) ? cfg_port(cfg, "serf_wan", 8302) : 0,

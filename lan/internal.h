@@ -5,6 +5,7 @@
 
 #include <limits.h>
 #include <nng/nng.h>
+#include <nng/supplemental/tls/tls.h>
 #include <pthread.h>
 #include <raft.h>
 #include <raft/uv.h>
@@ -43,6 +44,13 @@ struct dg__rpc {
 	struct held_call *held; /* a follower's calls for the leader, waiting for one */
 	bool closed, inited, rep_open;
 	nng_socket rep;
+	/* TLS (docs/cluster.md "TLS for the servers' requests"): a server's second listener on
+	 * the same rep socket, and the config every agent dials servers' TLS addresses with */
+	nng_listener tls_listener;
+	bool tls_listening;
+	bool tls_required; /* verify_incoming: the servers' requests only over TLS */
+	nng_tls_config *listen_tls, *dial_tls;
+	uint64_t plain_refused; /* server requests refused on plain 8301 */
 	struct rpc_in *in;
 	size_t nin;
 };

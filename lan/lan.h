@@ -21,6 +21,8 @@ typedef struct dg_lan dg_lan;
  * with a text (msg may be NULL). */
 typedef void (*dg_lan_done_fn)(void *arg, int err, const char *msg);
 
+struct dg_tls_policy;
+
 struct dg_lan_config {
 	const char *node;      /* node name */
 	const char *node_id;   /* UUID; generated when NULL */
@@ -38,6 +40,12 @@ struct dg_lan_config {
 	/* LAN gossip and RPC on serf_lan_port (8301, udp and tcp) */
 	int serf_lan_port;
 	int serf_wan_port; /* a server's WAN port, told in gossip (wan_join_port); 0: no WAN pool */
+	/* With a certificate, key and CA: requests for the servers (writes, reads, a client agent's
+	 * HTTP requests) go over mutual TLS to a server's rpc_tls_port, told in gossip; a server
+	 * with verify_incoming refuses them on plain 8301. Gossip push-pulls stay on 8301 (sealed
+	 * by encrypt_key). NULL: no TLS. Kept by the caller for the agent's life. */
+	const struct dg_tls_policy *tls;
+	int rpc_tls_port; /* servers with tls: the TLS listener's port (docs/cluster.md) */
 	int bootstrap_expect;     /* servers to wait for before bootstrapping raft; 0: never */
 	const char *const *join;  /* -join: tried once at start; NULL-terminated, may be NULL */
 	const char *const *retry_join; /* -retry-join: tried until one answers */

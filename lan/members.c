@@ -55,7 +55,7 @@ struct dg__members {
 
 	struct dg_gossip_tag tags[MAX_TAGS];
 	size_t ntags;
-	char expect_s[16], port_s[16], wan_port_s[16], build[96];
+	char expect_s[16], port_s[16], wan_port_s[16], tls_port_s[16], build[96];
 	int raft_state; /* 0 none, 1 bootstrapped (only the configuration), 2 in use */
 
 	struct dg_map reaped_servers; /* raft addresses of servers reaped, for raft to remove */
@@ -341,7 +341,14 @@ size_t dg__members_servers(dg_lan *l, struct dg__server *out, size_t max)
 		snprintf(s->id, sizeof(s->id), "%s", id);
 		s->raft_id = dg__raft_id_of(id);
 		snprintf(s->raft_addr, sizeof(s->raft_addr), "%s:%s", gm->addr, port);
-		snprintf(s->rpc_addr, sizeof(s->rpc_addr), "%s:%u", gm->addr, gm->port);
+		/* the server's TLS listener when it has one and this agent has a certificate:
+		 * every request for the servers then goes over mutual TLS (lan/rpc.c) */
+		const char *tls_port = tag(gm, "rpc_tls_port");
+		if (tls_port && l->rpc.dial_tls)
+			snprintf(s->rpc_addr, sizeof(s->rpc_addr), "tls+tcp://%s:%s", gm->addr,
+				 tls_port);
+		else
+			snprintf(s->rpc_addr, sizeof(s->rpc_addr), "%s:%u", gm->addr, gm->port);
 		s->status = gm->status;
 		const char *e = tag(gm, "expect");
 		s->expect = e ? atoi(e) : tag(gm, "bootstrap") ? 1 : 0;
@@ -416,6 +423,10 @@ static void build_tags(dg_lan *l)
 		snprintf(m->port_s, sizeof(m->port_s), "%d", l->cfg.server_port);
 		TAG("port", m->port_s);
 		TAG("raft_vsn", "3");
+		if (l->rpc.tls_listening) {
+			snprintf(m->tls_port_s, sizeof(m->tls_port_s), "%d", l->cfg.rpc_tls_port);
+			TAG("rpc_tls_port", m->tls_port_s);
+		}
 		/* where the flood join of federation/ dials this server; none without a WAN pool */
 		if (l->cfg.serf_wan_port > 0) {
 			snprintf(m->wan_port_s, sizeof(m->wan_port_s), "%d", l->cfg.serf_wan_port);

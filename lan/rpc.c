@@ -12,6 +12,8 @@
  * held ones too, and close waits until those callbacks are done. */
 #include "lan/internal.h"
 
+#include "tls/tls.h"
+
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/rep.h>
 #include <nng/protocol/reqrep0/req.h>
@@ -96,6 +98,34 @@ static int rpc_err(int nng_rv)
 
 /* ---- serving ---- */
 
+/* A server with verify_incoming takes its own requests (0xC1-0xC6) only over TLS; push-pulls
+ * (gossip stream packets) come on plain 8301 from any member. The refused request gets an empty
+ * answer, which its sender reports as an RPC error. */
+static bool refused_plain(struct rpc_in *in)
+{
+	dg_lan *l = in->lan;
+	if (!l->rpc.tls_required || nng_msg_len(in->req) == 0)
+		return false;
+	uint8_t kind = *(uint8_t *)nng_msg_body(in->req);
+	if (kind < DG_RPC_WRITE || kind > DG_RPC_HTTP)
+		return false;
+	nng_listener from = nng_pipe_listener(nng_msg_get_pipe(in->req));
+	if (nng_listener_id(from) == nng_listener_id(l->rpc.tls_listener))
+		return false;
+	char ip[64];
+	pthread_mutex_lock(&l->rpc.mu);
+	uint64_t n = ++l->rpc.plain_refused;
+	pthread_mutex_unlock(&l->rpc.mu);
+	/* the first and then every 100th: a misconfigured agent retries often */
+	if (n == 1 || n % 100 == 0)
+		DG_LOGW(RPC,
+			"a request for the servers from %s refused on plain port %d: TLS is required "
+			"(verify_incoming); the agent needs a certificate of the CA (%llu refused)",
+			dg__rpc_peer_addr(in, ip, sizeof(ip)), l->cfg.serf_lan_port,
+			(unsigned long long)n);
+	return true;
+}
+
 static void in_cb(void *arg)
 {
 	struct rpc_in *in = arg;
@@ -116,6 +146,10 @@ static void in_cb(void *arg)
 	}
 	in->req = nng_aio_get_msg(in->aio);
 	nng_aio_set_msg(in->aio, NULL);
+	if (refused_plain(in)) {
+		dg__rpc_reply(in, NULL, 0);
+		return;
+	}
 	if (nng_msg_len(in->req) > 0 && *(uint8_t *)nng_msg_body(in->req) == DG_RPC_HTTP) {
 		/* a client agent's HTTP request: straight to the HTTP layer, not via the loop */
 		dg_lan *l = in->lan;
@@ -297,13 +331,27 @@ static int peer_get(dg_lan *l, const char *addr, struct rpc_peer **out)
 	}
 	nng_pipe_notify(p->sock, NNG_PIPE_EV_ADD_POST, peer_pipe_cb, p);
 	nng_pipe_notify(p->sock, NNG_PIPE_EV_REM_POST, peer_pipe_cb, p);
+	/* a server's TLS address comes as a URL (members.c); anything else is plain 8301 */
+	bool tls = strncmp(addr, "tls+tcp://", 10) == 0;
+	if (tls)
+		snprintf(url, sizeof(url), "%s", addr);
 	/* a write is sent once: it is never resent on its own (it may have been applied) */
 	nng_socket_set_ms(p->sock, NNG_OPT_REQ_RESENDTIME, NNG_DURATION_INFINITE);
 	nng_socket_set_size(p->sock, NNG_OPT_RECVMAXSZ, DG_RPC_MAX_MSG);
 	nng_socket_set_ms(p->sock, NNG_OPT_RECONNMINT, 100);
 	nng_socket_set_ms(p->sock, NNG_OPT_RECONNMAXT, 1000);
-	if ((rv = nng_dial(p->sock, url, NULL, NNG_FLAG_NONBLOCK)) != 0 ||
-	    dg_map_put(&l->rpc.peers, addr, p, NULL) != 0) {
+	nng_dialer d;
+	if (tls && !l->rpc.dial_tls)
+		rv = NNG_ENOTSUP; /* told by a server, but this agent has no certificate */
+	else if (tls)
+		rv = nng_dialer_create(&d, p->sock, url) ||
+			     nng_dialer_set_ptr(d, NNG_OPT_TLS_CONFIG, l->rpc.dial_tls) ||
+			     nng_dialer_start(d, NNG_FLAG_NONBLOCK)
+			 ? NNG_EINVAL
+			 : 0;
+	else
+		rv = nng_dial(p->sock, url, NULL, NNG_FLAG_NONBLOCK);
+	if (rv != 0 || dg_map_put(&l->rpc.peers, addr, p, NULL) != 0) {
 		nng_close(p->sock);
 		free(p);
 		return rv ? rv : NNG_ENOMEM;
@@ -410,6 +458,40 @@ json_t *dg__rpc_answer_json(const uint8_t *buf, size_t len, int *status)
 
 /* ---- start and stop ---- */
 
+/* With a certificate and a CA: the dialer config for servers' TLS addresses (any agent), and on
+ * a server a second listener on the rep socket that takes any agent of this DC
+ * (<role>.<dc>.<domain>). */
+static int tls_start(dg_lan *l, const char *bind, char *msg, size_t len)
+{
+	const struct dg_tls_policy *pol = l->cfg.tls;
+	char err[256], accept[300], url[128];
+	int rv;
+	if (!pol)
+		return 0;
+	if (dg_tls_dialer_config(pol, l->cfg.dc, &l->rpc.dial_tls, err, sizeof(err)) != 0) {
+		snprintf(msg, len, "TLS for the servers' requests: %s", err);
+		return DG_EINVAL;
+	}
+	if (!l->cfg.server || l->cfg.rpc_tls_port <= 0)
+		return 0;
+	snprintf(accept, sizeof(accept), "*.%s.%s", l->cfg.dc, pol->domain ? pol->domain : "consul");
+	snprintf(url, sizeof(url), "tls+tcp://%s:%d", bind, l->cfg.rpc_tls_port);
+	if (dg_tls_listener_config(pol, accept, &l->rpc.listen_tls, err, sizeof(err)) != 0) {
+		snprintf(msg, len, "TLS for the servers' requests: %s", err);
+		return DG_EINVAL;
+	}
+	if ((rv = nng_listener_create(&l->rpc.tls_listener, l->rpc.rep, url)) != 0 ||
+	    (rv = nng_listener_set_ptr(l->rpc.tls_listener, NNG_OPT_TLS_CONFIG,
+				       l->rpc.listen_tls)) != 0 ||
+	    (rv = nng_listener_start(l->rpc.tls_listener, 0)) != 0) {
+		snprintf(msg, len, "cannot listen on %s: %s", url, nng_strerror(rv));
+		return DG_EIO;
+	}
+	l->rpc.tls_listening = true;
+	l->rpc.tls_required = pol->verify_incoming;
+	return 0;
+}
+
 int dg__rpc_listen(dg_lan *l, const char *bind, int port, char *msg, size_t len)
 {
 	char url[128];
@@ -438,6 +520,8 @@ int dg__rpc_listen(dg_lan *l, const char *bind, int port, char *msg, size_t len)
 			goto fail;
 		l->rpc.nin = i + 1;
 	}
+	if ((rv = tls_start(l, bind, msg, len)) != 0)
+		return rv;
 	for (size_t i = 0; i < l->rpc.nin; i++)
 		in_start(&l->rpc.in[i]);
 	return 0;
@@ -474,6 +558,11 @@ void dg__rpc_close(dg_lan *l)
 	}
 	free(l->rpc.in);
 	held_fail_all(l);
+	if (l->rpc.listen_tls)
+		nng_tls_config_free(l->rpc.listen_tls);
+	if (l->rpc.dial_tls)
+		nng_tls_config_free(l->rpc.dial_tls);
+	l->rpc.listen_tls = l->rpc.dial_tls = NULL;
 	for (size_t i = 0; i < l->rpc.peers.n; i++)
 		free(l->rpc.peers.v[i].value);
 	dg_map_fini(&l->rpc.peers);
