@@ -112,6 +112,9 @@ struct dg_req {
 	bool answered;
 	bool suspended;
 
+	/* ?consistent on the leader: 0 not asked, 1 waiting, 2 confirmed, else a dg error */
+	int verify;
+
 	/* a write through raft */
 	bool write_done;
 	int write_status;

@@ -610,7 +610,8 @@ static void join_cb(void *arg, int err, const char *msg)
 /* Consul's texts for a forward that failed; err comes from dg_fed_forward or its callback. */
 static int reply_fed_error(struct dg_req *r, int err)
 {
-	if (err == DG_ENOPATH || err == DG_ENOSERVER)
+	/* ENOLEADER: a follower's read held for a leader that did not come (Consul's own text) */
+	if (err == DG_ENOPATH || err == DG_ENOSERVER || err == DG_ENOLEADER)
 		return dg_reply_text(r, 500, dg_strerror(err), 0);
 	return dg_reply_textf(r, 500, 0, "rpc error making call: %s", dg_strerror(err));
 }
@@ -973,6 +974,34 @@ static int client_forward(struct dg_req *r)
 	return dg_req_forward(r, NULL);
 }
 
+static void verify_cb(void *arg, int err, const char *msg)
+{
+	struct dg_req *r = arg;
+	dg_http *h = r->srv;
+	(void)msg;
+	r->verify = err == 0 ? 2 : err;
+	r->ops->resume(r); /* r may be gone from here on */
+	__atomic_sub_fetch(&h->writes_in_flight, 1, __ATOMIC_RELEASE);
+}
+
+/* A ?consistent read on the leader waits for dg_lan_verify_leader, as a write waits for raft;
+ * the handler then runs as for any read. */
+static int verify_leader(struct dg_req *r)
+{
+	dg_http *h = r->srv;
+	r->ops->suspend(r);
+	r->suspended = true;
+	r->verify = 1;
+	__atomic_add_fetch(&h->writes_in_flight, 1, __ATOMIC_RELAXED);
+	int rv = dg_lan_verify_leader(h->lan, verify_cb, r);
+	if (rv != 0) {
+		r->verify = rv;
+		r->ops->resume(r); /* before the handler returned: never frees r */
+		__atomic_sub_fetch(&h->writes_in_flight, 1, __ATOMIC_RELEASE);
+	}
+	return MHD_YES;
+}
+
 static int dispatch(struct dg_req *r)
 {
 	char allow[64];
@@ -1028,7 +1057,15 @@ static int dispatch(struct dg_req *r)
 		 * read on to it over 8301, as Consul's servers do */
 		if (leader_read(r))
 			return dg_req_forward(r, LEADER);
+		/* ?consistent on the leader: confirmed with a quorum before it is answered */
+		if (r->q.consistent && r->method == DG_GET && forwardable(r->url) &&
+		    dg_lan_config(r->srv->lan)->server && dg_lan_is_leader(r->srv->lan))
+			return verify_leader(r);
 	}
+	if (r->verify == 1)
+		return MHD_YES; /* still waiting (a spurious visit) */
+	if (r->verify < 0)
+		return dg_reply_text(r, 500, dg_strerror(DG_ENOLEADER), 0);
 	/* a forward's answer is the remote DC's, whichever handler started it */
 	if (r->fed_kind == DG_FED_FORWARD && r->fed_done)
 		return reply_forwarded(r);

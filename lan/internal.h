@@ -145,6 +145,11 @@ struct dg_lan {
 
 	uint8_t encrypt_key[DG_GOSSIP_KEY_LEN];
 	struct read_waiter *read_waiters; /* reads waiting to have applied up to an index */
+	/* ?consistent reads on the leader: those waiting for the barrier in flight, and those
+	 * that came after it was proposed (they need a barrier of their own) */
+	struct verify_waiter *verify_now, *verify_next;
+	bool verify_busy;
+	struct raft_barrier verify_req;
 
 	/* under mu */
 	bool loop_running; /* tasks may be posted */

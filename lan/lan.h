@@ -144,6 +144,12 @@ int dg_lan_http_call(dg_lan *l, const void *buf, size_t len, unsigned timeout_ms
 int dg_lan_http_call_leader(dg_lan *l, const void *buf, size_t len, unsigned timeout_ms,
 			    dg_lan_rpc_fn cb, void *arg);
 
+/* Servers: confirms that this server still leads before a ?consistent read (DESIGN.md): a raft
+ * barrier entry, which only a leader in contact with a quorum gets committed; reads that ask
+ * while one is in flight share the next. cb(arg, 0 | DG_ENOLEADER | DG_ESHUTDOWN, NULL) runs on
+ * the loop thread. */
+int dg_lan_verify_leader(dg_lan *l, dg_lan_done_fn cb, void *arg);
+
 /* ---- raft ---- */
 
 /* {"Servers":[{"ID","Node","Address","Leader","Voter","ProtocolVersion"}],"Index":n}; new. */

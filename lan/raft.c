@@ -428,6 +428,80 @@ int dg_lan_write(dg_lan *l, json_t *cmd, dg_lan_write_cb cb, void *arg)
 	return lan_write(l, cmd, false, cb, arg);
 }
 
+/* ---- ?consistent: confirming leadership ---- */
+
+struct verify_waiter {
+	struct verify_waiter *next;
+	dg_lan_done_fn cb;
+	void *arg;
+};
+
+static void verify_answer(struct verify_waiter *w, int err)
+{
+	while (w) {
+		struct verify_waiter *next = w->next;
+		w->cb(w->arg, err, NULL);
+		free(w);
+		w = next;
+	}
+}
+
+static void verify_kick(dg_lan *l);
+
+static void verify_cb(struct raft_barrier *req, int status)
+{
+	dg_lan *l = req->data;
+	struct verify_waiter *w = l->verify_now;
+	l->verify_now = NULL;
+	l->verify_busy = false;
+	verify_answer(w, status == 0 ? 0 : DG_ENOLEADER);
+	verify_kick(l);
+}
+
+/* One barrier for everyone waiting: a quorum committing it proves this server still leads, and
+ * every read that asked before it was proposed may then be answered. */
+static void verify_kick(dg_lan *l)
+{
+	if (l->verify_busy || !l->verify_next)
+		return;
+	l->verify_now = l->verify_next;
+	l->verify_next = NULL;
+	bool leader = l->raft_started && raft_state(&l->raft) == RAFT_LEADER;
+	l->verify_req.data = l;
+	if (leader && raft_barrier(&l->raft, &l->verify_req, verify_cb) == 0) {
+		l->verify_busy = true;
+		return;
+	}
+	struct verify_waiter *w = l->verify_now;
+	l->verify_now = NULL;
+	verify_answer(w, DG_ENOLEADER);
+}
+
+static void verify_run(dg_lan *l, void *arg, bool cancelled)
+{
+	struct verify_waiter *w = arg;
+	if (cancelled) {
+		verify_answer(w, DG_ESHUTDOWN);
+		return;
+	}
+	w->next = l->verify_next;
+	l->verify_next = w;
+	verify_kick(l);
+}
+
+int dg_lan_verify_leader(dg_lan *l, dg_lan_done_fn cb, void *arg)
+{
+	struct verify_waiter *w = calloc(1, sizeof(*w));
+	if (!w)
+		return DG_ENOMEM;
+	w->cb = cb;
+	w->arg = arg;
+	int rv = dg__lan_post(l, verify_run, w);
+	if (rv != 0)
+		free(w);
+	return rv;
+}
+
 int dg_lan_write_then_read(dg_lan *l, json_t *cmd, dg_lan_write_cb cb, void *arg)
 {
 	return lan_write(l, cmd, true, cb, arg);

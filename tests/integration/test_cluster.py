@@ -299,6 +299,30 @@ class CutOffTest(unittest.TestCase):
         wait_until(lambda: put(lone, "alone/y", "2").status == 200, WAIT, what="writes again")
         self.assertEqual(lone.get("/v1/kv/alone/x").status, 404)
 
+    def test_cut_off_leader_refuses_consistent(self):
+        """?consistent confirms leadership with a quorum first (DESIGN.md): a leader whose two
+        peers are frozen does not answer it, while ?stale is still served."""
+        c = self.cluster
+        lead = c.leader()
+        self.assertEqual(put(lead, "cons/x", "1").status, 200)
+        r = lead.get("/v1/kv/cons/x", params={"consistent": ""})
+        self.assertEqual(r.status, 200, r)
+        others = [s for s in c.servers if s is not lead]
+        for s in others:
+            s.proc.send_signal(signal.SIGSTOP)
+        try:
+            r = lead.get("/v1/kv/cons/x", params={"consistent": ""}, timeout=30)
+            self.assertEqual((r.status, r.text.strip()), (500, "No cluster leader"), r)
+            r = lead.get("/v1/kv/cons/x", params={"stale": ""})
+            self.assertEqual(r.status, 200, r)
+        finally:
+            for s in others:
+                s.proc.send_signal(signal.SIGCONT)
+        c.wait_leader(WAIT)
+        for s in c.servers:
+            wait_until(lambda: s.get("/v1/kv/cons/x", params={"consistent": ""}).status == 200,
+                       WAIT, what="?consistent answered again on %s" % s.node)
+
     def test_frozen_follower_catches_up(self):
         c = self.cluster
         lagging = c.followers()[0]
