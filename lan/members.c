@@ -423,7 +423,7 @@ static void build_tags(dg_lan *l)
 		snprintf(m->port_s, sizeof(m->port_s), "%d", l->cfg.server_port);
 		TAG("port", m->port_s);
 		TAG("raft_vsn", "3");
-		if (l->rpc.tls_listening) {
+		if (l->rpc.listen_tls) { /* set once at start */
 			snprintf(m->tls_port_s, sizeof(m->tls_port_s), "%d", l->cfg.rpc_tls_port);
 			TAG("rpc_tls_port", m->tls_port_s);
 		}

@@ -530,6 +530,18 @@ fail:
 	return DG_EIO;
 }
 
+void dg_lan_stop_tls(dg_lan *l)
+{
+	if (!l || !l->rpc.inited)
+		return;
+	pthread_mutex_lock(&l->rpc.mu);
+	bool open = l->rpc.tls_listening;
+	l->rpc.tls_listening = false;
+	pthread_mutex_unlock(&l->rpc.mu);
+	if (open)
+		nng_listener_close(l->rpc.tls_listener);
+}
+
 void dg__rpc_close(dg_lan *l)
 {
 	if (!l->rpc.inited)
