@@ -128,6 +128,7 @@ struct op {
 	bool ctx_open;
 	enum op_kind kind;
 	int stage; /* 0: sending, 1: receiving */
+	bool link_lost; /* pipe_cb cancelled it (mu): a send or receive not yet begun must not be */
 	struct peer *peer; /* the far end (NULL for a join's first contact) */
 	struct dg_buf msg;
 	uint64_t started_ms;
@@ -458,7 +459,21 @@ static void op_start(struct op *o, nng_socket sock)
 	__atomic_add_fetch(&o->w->stats.bytes_sent, o->msg.len, __ATOMIC_RELAXED);
 	nng_aio_set_msg(o->aio, m);
 	nng_aio_set_timeout(o->aio, (nng_duration)o->timeout_ms);
+	/* under mu: pipe_cb either finds the send in progress and cancels it, or has set
+	 * link_lost, and nng would keep the message until a link to that server comes back */
+	pthread_mutex_lock(&o->w->mu);
+	if (o->link_lost) {
+		pthread_mutex_unlock(&o->w->mu);
+		nng_aio_set_msg(o->aio, NULL);
+		nng_msg_free(m);
+		nng_ctx_close(o->ctx);
+		o->ctx_open = false;
+		nng_aio_set_timeout(o->aio, 1);
+		nng_sleep_aio(0, o->aio); /* ends as a failed start, through op_cb */
+		return;
+	}
 	nng_ctx_send(o->ctx, o->aio);
+	pthread_mutex_unlock(&o->w->mu);
 }
 
 static void batch_done(struct op *c, int err, const struct dg_wan_msg *reply,
@@ -498,7 +513,13 @@ static void op_cb(void *arg)
 		uint64_t spent = dg_now_ms() - o->started_ms;
 		unsigned left = o->timeout_ms > spent ? o->timeout_ms - (unsigned)spent : 1;
 		nng_aio_set_timeout(o->aio, (nng_duration)left);
-		nng_ctx_recv(o->ctx, o->aio);
+		pthread_mutex_lock(&o->w->mu);
+		bool lost = o->link_lost;
+		if (!lost)
+			nng_ctx_recv(o->ctx, o->aio);
+		pthread_mutex_unlock(&o->w->mu);
+		if (lost) /* sent, and its link went before the answer could be waited for */
+			op_done(o, DG_EIO, NULL);
 		return;
 	}
 	if (rv != 0) {
@@ -589,8 +610,12 @@ static void pipe_cb(nng_pipe pipe, nng_pipe_ev ev, void *arg)
 				     (o->kind == OP_BATCH && gone)))
 					cancel[ncancel++] = o;
 	}
-	for (int i = 0; i < ncancel; i++)
+	for (int i = 0; i < ncancel; i++) {
+		/* an op between after_start and its send, or between its send and its receive, has
+		 * no aio in progress to cancel: op_start and op_cb see the flag, under mu */
+		cancel[i]->link_lost = true;
 		nng_aio_cancel(cancel[i]->aio); /* completes later, on an nng thread */
+	}
 	pthread_mutex_unlock(&w->mu);
 }
 
@@ -1393,6 +1418,7 @@ static void after_start(struct after *a, struct op *o, nng_socket s)
 	 * any request that is about to be sent or on a link (op_start reports a failure) */
 	if (!o->aio && nng_aio_alloc(&o->aio, op_cb, o) != 0)
 		o->aio = NULL;
+	o->link_lost = false; /* a request moved to another server starts afresh */
 	o->sock = s;
 	o->snext = a->start;
 	a->start = o;
