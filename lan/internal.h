@@ -42,6 +42,7 @@ struct dg__rpc {
 	struct dg_map peers; /* "ip:port" -> struct rpc_peer* */
 	size_t calls_out;    /* calls whose callback has not finished; idle is signalled at 0 */
 	struct held_call *held; /* a follower's calls for the leader, waiting for one */
+	char last_leader[96];	/* the leader's 8301 address at the last tick (loop thread) */
 	bool closed, inited, rep_open;
 	nng_socket rep;
 	/* TLS (docs/cluster.md "TLS for the servers' requests"): a server's second listener on

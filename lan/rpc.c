@@ -622,8 +622,13 @@ static int held_send(struct held_call *h);
 static void held_done(void *arg, int err, const uint8_t *buf, size_t len)
 {
 	struct held_call *h = arg;
-	/* the leader's link went with the request out: asked again of the next leader */
-	if (err == DG_EOF && dg_now_ms() < h->hold_until_ms) {
+	/* the leader's link went with the request out, or the leader changed: asked again of the
+	 * next leader, held up to DG_LEADER_HOLD_MS from now (a blocking query may have been out
+	 * for minutes) */
+	if (err == DG_EOF) {
+		uint64_t until = dg_now_ms() + DG_LEADER_HOLD_MS;
+		if (h->hold_until_ms < until)
+			h->hold_until_ms = until;
 		held_park(h);
 		return;
 	}
@@ -646,9 +651,35 @@ static int held_send(struct held_call *h)
 
 /* Loop thread, each tick: held calls go to the leader once one is reachable, or fail with
  * DG_ENOLEADER once held DG_LEADER_HOLD_MS. */
+/* Once another leader is known, calls for the leader still out to a server that no longer is
+ * one are aborted (DG_EOF) and so asked again of the new leader. The server may be dead without
+ * its link's loss having been told: nng tells it from its reaper thread, which a WAN socket's
+ * close can leave stuck (wan/closer.c), and such a read then waited out its whole timeout. Under
+ * rpc.mu. */
+static void held_move_on(dg_lan *l, const char *leader)
+{
+	for (size_t i = 0; i < l->rpc.peers.n; i++) {
+		struct rpc_peer *p = l->rpc.peers.v[i].value;
+		if (strcmp(p->addr, leader) == 0)
+			continue;
+		for (struct rpc_call *c = p->calls; c; c = c->next)
+			if (c->cb == held_done && !c->link_lost) {
+				c->link_lost = true;
+				nng_aio_abort(c->aio, NNG_ECONNRESET);
+			}
+	}
+}
+
 void dg__rpc_tick(dg_lan *l, uint64_t now)
 {
+	char leader[sizeof(l->leader_rpc_pub)];
+	pthread_mutex_lock(&l->mu);
+	snprintf(leader, sizeof(leader), "%s", l->leader_rpc_pub);
+	pthread_mutex_unlock(&l->mu);
 	pthread_mutex_lock(&l->rpc.mu);
+	if (*leader && strcmp(leader, l->rpc.last_leader) != 0)
+		held_move_on(l, leader);
+	snprintf(l->rpc.last_leader, sizeof(l->rpc.last_leader), "%s", leader);
 	struct held_call *h = l->rpc.held;
 	l->rpc.held = NULL;
 	pthread_mutex_unlock(&l->rpc.mu);
