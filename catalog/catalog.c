@@ -155,6 +155,7 @@ void dg_cat_free(dg_catalog *c)
 		return;
 	dg__cat_clear_tables(c);
 	dg_cat_changes_free(c->changes, c->nchanges);
+	json_decref(c->staged);
 	pthread_rwlock_destroy(&c->lock);
 	free(c->dc);
 	free(c);
@@ -787,6 +788,8 @@ int dg_cat_apply(dg_catalog *c, uint64_t index, const char *buf, size_t len, jso
 		res = json_pack("{s:b}", "Ok", 1);
 	} else if (strcmp(op, "restore") == 0) {
 		rv = dg__cat_restore_apply(c, cmd, &err);
+	} else if (strncmp(op, "restore_", 8) == 0) {
+		rv = dg__cat_restore_staged_apply(c, op, cmd, &err);
 	} else if (strcmp(op, "noop") == 0) {
 		/* leadership barriers and index bumps */
 	} else {

@@ -150,6 +150,15 @@ int dg_cat_state_check(json_t *state, struct dg_cat_state_info *info, char *why,
  * backwards); every blocking query is woken. Check state with dg_cat_state_check() first: one
  * that does not load is refused at apply time and nothing changes. */
 json_t *dg_cmd_restore(json_t *state);
+/* The same restore as commands that each stay near part_bytes: "restore_begin" (the state with
+ * its Nodes, KV and Sessions arrays empty), "restore_part"s carrying those arrays in slices, and
+ * "restore_end", which applies the gathered state as "restore" does. id names the restore (its
+ * parts must come in order, with nothing of another restore between); a JSON array of commands,
+ * or NULL when out of memory. state is borrowed. */
+json_t *dg_cmd_restore_parts(json_t *state, const char *id, size_t part_bytes);
+/* True while a restore in parts is gathered (begun, not ended or aborted); *since_ms: when its
+ * last part came (this server's clock). Takes the read lock. */
+bool dg_cat_restore_staged(dg_catalog *c, uint64_t *since_ms);
 
 /* ---- reads (hold the read lock) ---- */
 /* {"Services":[..],"Checks":[..]} of one node, as "register" with SyncNode takes them (no

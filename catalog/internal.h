@@ -40,6 +40,13 @@ struct dg_catalog {
 	/* set while applying */
 	uint64_t cur_index;
 	int64_t cur_now_ns;
+	/* a restore sent in parts (snapshot.c, "restore_begin"/"_part"/"_end"): the state
+	 * gathered so far and its ID; NULL when none. Not in raft snapshots: none is taken while
+	 * one is staged (dg_cat_restore_staged). staged_ms: when it last grew (this server's clock,
+	 * for the leader's abandoned-restore check only, never for what is applied). */
+	json_t *staged;
+	char staged_id[64];
+	uint64_t staged_ms;
 };
 
 void dg__cat_change(dg_catalog *c, enum dg_cat_topic topic, const char *key);
@@ -57,6 +64,9 @@ int dg__cat_name_link(dg_catalog *c, struct dg_cat_service *s);
 
 /* snapshot.c: the "restore" command (the whole state in cmd's "State"). */
 int dg__cat_restore_apply(dg_catalog *c, json_t *cmd, char **err);
+/* snapshot.c: a restore in parts: "restore_begin", "restore_part", "restore_end",
+ * "restore_abort" (op names it). */
+int dg__cat_restore_staged_apply(dg_catalog *c, const char *op, json_t *cmd, char **err);
 
 /* kv.c */
 json_t *dg__cat_kv_apply(dg_catalog *c, json_t *op, bool *ok, char **err);

@@ -659,3 +659,138 @@ int dg__cat_restore_apply(dg_catalog *c, json_t *cmd, char **err)
 	dg_cat_free(fresh);			   /* the old tables */
 	return 0;
 }
+
+/* ---- a restore in parts ----
+ * A large state as one raft entry holds every server's loop while it is appended, sent and
+ * applied, and cannot pass the 8 MiB a follower may send the leader. So /v1/snapshot sends it as
+ * "restore_begin" (the state with its big arrays cut short), "restore_part"s (more of Nodes, KV
+ * and Sessions, each well under a MiB) and "restore_end", which applies the gathered state as
+ * the "restore" command does, at once. Until then nothing changes that a read sees. Parts name
+ * the restore's ID; a begin drops any restore still gathered, and "restore_abort" drops it. */
+
+static const char *const staged_arrays[] = {"Nodes", "KV", "Sessions"};
+
+static void staged_drop(dg_catalog *c)
+{
+	json_decref(c->staged);
+	c->staged = NULL;
+	c->staged_id[0] = 0;
+}
+
+int dg__cat_restore_staged_apply(dg_catalog *c, const char *op, json_t *cmd, char **err)
+{
+	const char *id = json_string_value(json_object_get(cmd, "ID"));
+	if (strcmp(op, "restore_abort") == 0) {
+		if (!id || strcmp(id, c->staged_id) == 0)
+			staged_drop(c);
+		return 0;
+	}
+	if (!id || !*id || strlen(id) >= sizeof(c->staged_id)) {
+		*err = strdup("a restore part needs an ID");
+		return DG_EINVAL;
+	}
+	if (strcmp(op, "restore_begin") == 0) {
+		json_t *state = json_object_get(cmd, "State");
+		if (!json_is_object(state)) {
+			*err = strdup("restore_begin needs a State object");
+			return DG_EINVAL;
+		}
+		staged_drop(c);
+		c->staged = json_deep_copy(state);
+		if (!c->staged)
+			return DG_ENOMEM;
+		snprintf(c->staged_id, sizeof(c->staged_id), "%s", id);
+		c->staged_ms = dg_now_ms();
+		return 0;
+	}
+	if (!c->staged || strcmp(id, c->staged_id) != 0) {
+		if (asprintf(err, "no snapshot restore %s in progress", id) < 0)
+			*err = NULL;
+		return DG_ECONFLICT;
+	}
+	if (strcmp(op, "restore_part") == 0) {
+		for (size_t i = 0; i < sizeof(staged_arrays) / sizeof(staged_arrays[0]); i++) {
+			json_t *more = json_object_get(cmd, staged_arrays[i]);
+			if (!more)
+				continue;
+			json_t *have = json_object_get(c->staged, staged_arrays[i]);
+			if (!json_is_array(more) || (have && !json_is_array(have))) {
+				if (asprintf(err, "restore part: %s is not an array", staged_arrays[i]) < 0)
+					*err = NULL;
+				return DG_EINVAL;
+			}
+			if (!have)
+				json_object_set(c->staged, staged_arrays[i], more);
+			else if (json_array_extend(have, more) != 0)
+				return DG_ENOMEM;
+		}
+		c->staged_ms = dg_now_ms();
+		return 0;
+	}
+	if (strcmp(op, "restore_end") == 0) {
+		json_t *whole = json_pack("{s:O}", "State", c->staged);
+		staged_drop(c);
+		int rv = whole ? dg__cat_restore_apply(c, whole, err) : DG_ENOMEM;
+		json_decref(whole);
+		return rv;
+	}
+	*err = strdup("unknown command");
+	return DG_EINVAL;
+}
+
+bool dg_cat_restore_staged(dg_catalog *c, uint64_t *since_ms)
+{
+	dg_cat_rdlock(c);
+	bool staged = c->staged != NULL;
+	if (since_ms)
+		*since_ms = c->staged_ms;
+	dg_cat_unlock(c);
+	return staged;
+}
+
+json_t *dg_cmd_restore_parts(json_t *state, const char *id, size_t part_bytes)
+{
+	json_t *parts = json_array(), *head = json_copy(state);
+	if (!parts || !head)
+		goto fail;
+	/* the head keeps every small field; the arrays go out in parts of about part_bytes */
+	for (size_t i = 0; i < sizeof(staged_arrays) / sizeof(staged_arrays[0]); i++)
+		json_object_set_new(head, staged_arrays[i], json_array());
+	if (json_array_append_new(parts, json_pack("{s:s, s:s, s:O}", "Op", "restore_begin", "ID",
+						   id, "State", head)) != 0)
+		goto fail;
+	for (size_t i = 0; i < sizeof(staged_arrays) / sizeof(staged_arrays[0]); i++) {
+		json_t *all = json_object_get(state, staged_arrays[i]), *v;
+		json_t *cur = NULL;
+		size_t cur_bytes = 0, j;
+		json_array_foreach(all, j, v)
+		{
+			size_t n = json_dumpb(v, NULL, 0, JSON_COMPACT);
+			if (cur && cur_bytes + n > part_bytes) {
+				if (json_array_append_new(parts, json_pack("{s:s, s:s, s:o}", "Op",
+									   "restore_part", "ID", id,
+									   staged_arrays[i], cur)) != 0)
+					goto fail;
+				cur = NULL;
+				cur_bytes = 0;
+			}
+			if (!cur && !(cur = json_array()))
+				goto fail;
+			json_array_append(cur, v);
+			cur_bytes += n + 1;
+		}
+		if (cur && json_array_append_new(parts, json_pack("{s:s, s:s, s:o}", "Op",
+								  "restore_part", "ID", id,
+								  staged_arrays[i], cur)) != 0)
+			goto fail;
+	}
+	if (json_array_append_new(parts, json_pack("{s:s, s:s}", "Op", "restore_end", "ID", id)) !=
+	    0)
+		goto fail;
+	json_decref(head);
+	return parts;
+fail:
+	json_decref(head);
+	json_decref(parts);
+	return NULL;
+}

@@ -38,6 +38,7 @@ const char *dg_strerror(int err);
 
 /* ---- limits: every input's hard cap lives here ---- */
 #define DG_MAX_BODY          (1024 * 1024 + 64 * 1024) /* whole request body */
+#define DG_MAX_SNAPSHOT_BODY (64 * 1024 * 1024)        /* PUT /v1/snapshot: a gzip'd archive */
 #define DG_MAX_KV_VALUE      (512 * 1024)              /* Consul's kv_max_value_size */
 #define DG_MAX_JSON_DEPTH    32                        /* nesting of any request body */
 #define DG_MAX_KEY_LEN       2048                      /* KV key, IDs, names */

@@ -17,6 +17,7 @@
 #include <jansson.h>
 #include <microhttpd.h>
 #include <stdbool.h>
+#include <string.h>
 #include <stdint.h>
 
 #include "catalog/catalog.h"
@@ -342,5 +343,14 @@ size_t dg__http_unescape(char *s);
  * Calls fn for each; like MHD, an empty argument between two '&' gives an empty key, a
  * trailing '&' gives nothing. */
 void dg__http_query_split(char *qs, dg_req_arg_fn fn, void *cls);
+
+/* The largest body a request may have: a snapshot restore's archive may be larger than any
+ * other request (docs/snapshot.md). */
+static inline size_t dg__http_body_limit(const struct dg_req *r)
+{
+	return r->method == DG_PUT && r->url && strcmp(r->url, "/v1/snapshot") == 0
+		       ? DG_MAX_SNAPSHOT_BODY
+		       : DG_MAX_BODY;
+}
 
 #endif

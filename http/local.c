@@ -299,7 +299,7 @@ static void *local_call_new(void *srv, const struct dg_fed_local_request *req,
 	dg__http_query_split(c->query, add_arg, c);
 	if (c->args_oom)
 		goto fail;
-	if (req->len > DG_MAX_BODY)
+	if (req->len > dg__http_body_limit(&c->r))
 		c->r.body_too_big = true; /* 413, before any forwarding, as over HTTP */
 	else if (req->len && dg_buf_append(&c->r.body, req->body, req->len) != 0)
 		goto fail;

@@ -1043,8 +1043,8 @@ static int dispatch(struct dg_req *r)
 		/* before forwarding: a body cut at the limit must not be sent on */
 		if (r->body_too_big)
 			return dg_reply_textf(r, 413, 0,
-					      "Request body too large, max size: %d bytes",
-					      DG_MAX_BODY);
+					      "Request body too large, max size: %zu bytes",
+					      dg__http_body_limit(r));
 		/* another datacenter: the one place where ?dc= forwards (catalog register and
 		 * deregister forward by their body's Datacenter, in their handlers) */
 		/* a client agent keeps only its own services and checks: everything else is the
@@ -1229,7 +1229,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 		return r->url ? MHD_YES : MHD_NO;
 	}
 	if (*upload_data_size) {
-		if (!r->body_too_big && r->body.len + *upload_data_size <= DG_MAX_BODY)
+		if (!r->body_too_big && r->body.len + *upload_data_size <= dg__http_body_limit(r))
 			dg_buf_append(&r->body, upload_data, *upload_data_size);
 		else
 			r->body_too_big = true;

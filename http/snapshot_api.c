@@ -7,6 +7,7 @@
 #include "http/internal.h"
 
 #include <stdio.h>
+#include <sys/random.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -67,14 +68,55 @@ static int refused_status(int rv)
 	return rv == DG_ETOOBIG ? 413 : rv == DG_ENOMEM ? 500 : 400;
 }
 
-static int snapshot_restore(struct dg_req *r)
+/* A restore goes through raft in parts of about this much JSON (dg_cmd_restore_parts): well
+ * under the 8 MiB a follower may send the leader, and small enough that no one entry holds the
+ * servers' loops for long. */
+#define RESTORE_PART_BYTES (512 * 1024)
+
+struct restore_run {
+	json_t *parts; /* the commands, sent one after the other */
+	size_t next;
+	char id[64];
+};
+
+static void restore_run_free(void *p)
 {
+	struct restore_run *run = p;
+	json_decref(run->parts);
+	free(run);
+}
+
+/* The next part, or the answer once the last is applied. A part refused (the leader lost, the
+ * restore dropped) ends it: the parts gathered so far are dropped too, and nothing changed. */
+static int restore_next(struct dg_req *r)
+{
+	struct restore_run *run = r->scratch;
 	if (r->write_done) {
-		if (r->write_status != 0 || json_object_get(r->write_result, "Error"))
+		r->write_done = false;
+		if (r->write_status != 0 || json_object_get(r->write_result, "Error")) {
+			DG_LOGW(HTTP, "snapshot restore %s: part %zu of %zu refused", run->id, run->next,
+				json_array_size(run->parts));
+			json_t *abort = json_pack("{s:s, s:s}", "Op", "restore_abort", "ID", run->id);
+			if (abort)
+				dg_lan_write(dg_http_lan(r), abort, NULL, NULL);
+			r->write_done = true;
 			return dg_reply_write_error(r);
-		DG_LOGI(HTTP, "snapshot restored");
+		}
+		json_decref(r->write_result);
+		r->write_result = NULL;
+	}
+	if (run->next == json_array_size(run->parts)) {
+		DG_LOGI(HTTP, "snapshot restored (%zu parts)", json_array_size(run->parts));
 		return dg_reply_empty(r);
 	}
+	json_t *cmd = json_incref(json_array_get(run->parts, run->next++));
+	return dg_req_write(r, cmd);
+}
+
+static int snapshot_restore(struct dg_req *r)
+{
+	if (r->scratch)
+		return restore_next(r);
 	if (r->q.stale)
 		return dg_reply_text(r, 400, "stale not allowed for restore", 0);
 	/* everything is checked before anything is proposed: a refused archive changes nothing */
@@ -98,17 +140,29 @@ static int snapshot_restore(struct dg_req *r)
 			return dg_reply_textf(r, 400, 0, "invalid snapshot state: %s", why);
 		return dg_reply_text(r, 500, dg_strerror(rv), 0);
 	}
-	json_t *cmd = dg_cmd_restore(st);
+	struct restore_run *run = calloc(1, sizeof(*run));
+	uint8_t rnd[8] = {0};
+	if (!run || getrandom(rnd, sizeof(rnd), GRND_NONBLOCK) != (ssize_t)sizeof(rnd))
+		memcpy(rnd, &run, sizeof(run) < sizeof(rnd) ? sizeof(run) : sizeof(rnd));
+	if (run)
+		snprintf(run->id, sizeof(run->id), "%02x%02x%02x%02x%02x%02x%02x%02x", rnd[0],
+			 rnd[1], rnd[2], rnd[3], rnd[4], rnd[5], rnd[6], rnd[7]);
+	json_t *parts = run ? dg_cmd_restore_parts(st, run->id, RESTORE_PART_BYTES) : NULL;
 	json_decref(st);
-	if (!cmd)
+	if (!parts) {
+		free(run);
 		return dg_reply_text(r, 500, "out of memory", 0);
+	}
+	run->parts = parts;
+	r->scratch = run;
+	r->scratch_free = restore_run_free;
 	DG_LOGI(HTTP,
 		"restoring snapshot %s of %s (index %llu: %zu nodes, %zu services, %zu checks, "
-		"%zu keys, %zu sessions)",
+		"%zu keys, %zu sessions) in %zu raft entries as restore %s",
 		meta.id, meta.dc[0] ? meta.dc : "an unnamed datacenter",
 		(unsigned long long)meta.index, info.nodes, info.services, info.checks, info.kv,
-		info.sessions);
-	return dg_req_write(r, cmd);
+		info.sessions, json_array_size(parts), run->id);
+	return restore_next(r);
 }
 
 static int snapshot(struct dg_req *r)

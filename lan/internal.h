@@ -148,6 +148,7 @@ struct dg_lan {
 	struct read_waiter *read_waiters; /* reads waiting to have applied up to an index */
 	/* ?consistent reads on the leader: those waiting for the barrier in flight, and those
 	 * that came after it was proposed (they need a barrier of their own) */
+	uint64_t next_restore_check_ms; /* the leader's check for an abandoned restore */
 	struct verify_waiter *verify_now, *verify_next;
 	bool verify_busy;
 	struct raft_barrier verify_req;
@@ -196,6 +197,10 @@ void dg__rpc_reply(struct rpc_in *in, const void *buf, size_t len);
  * as dg__rpc_call. j stays the caller's. */
 int dg__rpc_call_json(dg_lan *l, const char *addr, uint8_t kind, json_t *j, unsigned timeout_ms,
 		      dg_rpc_done_fn cb, void *arg);
+/* The same for the leader (a forwarded write): aborted when another leader is known while it
+ * is out (lan/rpc.c held_move_on). */
+int dg__rpc_call_json_leader(dg_lan *l, const char *addr, uint8_t kind, json_t *j,
+			     unsigned timeout_ms, dg_rpc_done_fn cb, void *arg);
 /* Answers with DG_RPC_WRITE_REPLY and ans (consumed; NULL: an empty answer). */
 void dg__rpc_reply_json(struct rpc_in *in, json_t *ans);
 /* The JSON of a DG_RPC_WRITE_REPLY answer (the caller's to decref; NULL when it is not one) and

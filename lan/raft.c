@@ -87,6 +87,11 @@ static int fsm_snapshot(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsign
 {
 	dg_lan *l = fsm->data;
 	size_t len;
+	/* a snapshot restore half gathered is not in the state: no raft snapshot until it ends,
+	 * so that one taken now cannot leave out parts that a server installing it would miss
+	 * (libraft takes RAFT_BUSY as "try again later") */
+	if (dg_cat_restore_staged(l->cat, NULL))
+		return RAFT_BUSY;
 	char *text = dg_cat_snapshot(l->cat, &len);
 	if (!text)
 		return RAFT_NOMEM;
@@ -232,8 +237,8 @@ static void forward_done(void *arg, int err, const uint8_t *buf, size_t len)
 /* Sends a write to the leader's 8301: it proposes it and answers with its result. */
 static void forward(dg_lan *l, struct write_req *w)
 {
-	int rv = dg__rpc_call_json(l, l->leader_rpc, DG_RPC_WRITE, w->cmd, DG_RPC_WRITE_TIMEOUT_MS,
-				   forward_done, w);
+	int rv = dg__rpc_call_json_leader(l, l->leader_rpc, DG_RPC_WRITE, w->cmd,
+					  DG_RPC_WRITE_TIMEOUT_MS, forward_done, w);
 	if (rv == DG_EOF) /* the leader's link went (it died, most likely): not sent, wait */
 		hold(l, w);
 	else if (rv != 0)
@@ -838,6 +843,23 @@ static void publish_raft(dg_lan *l, const char *leader_addr)
 	json_decref(old);
 }
 
+/* A snapshot restore sent in parts whose sender went away (its HTTP request was cut, or the
+ * server that ran it died) would keep raft snapshots off: the leader drops one that has not
+ * grown for RESTORE_IDLE_MS. */
+#define RESTORE_IDLE_MS 60000
+static void abandoned_restore(dg_lan *l, uint64_t now)
+{
+	uint64_t since = 0;
+	if (now < l->next_restore_check_ms || !dg_cat_restore_staged(l->cat, &since))
+		return;
+	l->next_restore_check_ms = now + RESTORE_IDLE_MS / 4;
+	if (now - since < RESTORE_IDLE_MS)
+		return;
+	DG_LOGW(LAN, "a snapshot restore sent in parts has had no part for %d s; dropping it",
+		RESTORE_IDLE_MS / 1000);
+	dg__lan_write_local(l, json_pack("{s:s}", "Op", "restore_abort"));
+}
+
 static void tick_cb(uv_timer_t *t)
 {
 	dg_lan *l = t->data;
@@ -890,8 +912,10 @@ static void tick_cb(uv_timer_t *t)
 	l->was_leader = leader;
 	if (l->raft_started && l->raft.configuration.n > 0)
 		dg__members_set_raft_state(l, raft_last_index(&l->raft) > 1);
-	if (leader)
+	if (leader) {
 		leader_conf(l, now);
+		abandoned_restore(l, now);
+	}
 	if (l->held)
 		release_held(l, now);
 	dg__rpc_tick(l, now);

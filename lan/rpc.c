@@ -43,6 +43,7 @@ struct rpc_call {
 	nng_aio *aio;
 	bool receiving;
 	bool link_lost; /* the peer's connection went while this was out: it fails with DG_EOF */
+	bool for_leader; /* sent to the leader: moved on when another leader is known */
 	struct rpc_peer *peer;
 	struct rpc_call *prev, *next; /* the peer's calls in flight, under rpc.mu */
 	dg_rpc_done_fn cb;
@@ -267,9 +268,15 @@ static void call_cb(void *arg)
 		rv = NNG_ECONNRESET;
 	}
 	if (rv != 0) {
-		if (!c->receiving) /* a failed send leaves the message with us */
+		int err = rpc_err(rv);
+		if (!c->receiving) { /* a failed send leaves the message with us */
 			nng_msg_free(nng_aio_get_msg(c->aio));
-		c->cb(c->arg, rpc_err(rv), NULL, 0);
+			/* aborted still in nng's queue: it never reached a link, so it may be sent
+			 * again (DG_EBUSY: "nothing done", as a server that is not the leader says) */
+			if (c->link_lost)
+				err = DG_EBUSY;
+		}
+		c->cb(c->arg, err, NULL, 0);
 	} else {
 		nng_msg *m = nng_aio_get_msg(c->aio);
 		c->cb(c->arg, 0, nng_msg_body(m), nng_msg_len(m));
@@ -360,8 +367,17 @@ static int peer_get(dg_lan *l, const char *addr, struct rpc_peer **out)
 	return 0;
 }
 
+static int call_start(dg_lan *l, const char *addr, const void *buf, size_t len,
+		      unsigned timeout_ms, bool for_leader, dg_rpc_done_fn cb, void *arg);
+
 int dg__rpc_call(dg_lan *l, const char *addr, const void *buf, size_t len, unsigned timeout_ms,
 		 dg_rpc_done_fn cb, void *arg)
+{
+	return call_start(l, addr, buf, len, timeout_ms, false, cb, arg);
+}
+
+static int call_start(dg_lan *l, const char *addr, const void *buf, size_t len,
+		      unsigned timeout_ms, bool for_leader, dg_rpc_done_fn cb, void *arg)
 {
 	struct rpc_call *c = calloc(1, sizeof(*c));
 	struct rpc_peer *p = NULL;
@@ -392,6 +408,7 @@ int dg__rpc_call(dg_lan *l, const char *addr, const void *buf, size_t len, unsig
 	c->cb = cb;
 	c->arg = arg;
 	c->peer = p;
+	c->for_leader = for_leader;
 	nng_aio_set_timeout(c->aio, (nng_duration)timeout_ms);
 	nng_aio_set_msg(c->aio, m);
 	pthread_mutex_lock(&l->rpc.mu);
@@ -417,18 +434,30 @@ int dg__rpc_call(dg_lan *l, const char *addr, const void *buf, size_t len, unsig
 
 /* ---- the servers' own requests: a kind byte, then JSON text ---- */
 
-int dg__rpc_call_json(dg_lan *l, const char *addr, uint8_t kind, json_t *j, unsigned timeout_ms,
-		      dg_rpc_done_fn cb, void *arg)
+static int call_json(dg_lan *l, const char *addr, uint8_t kind, json_t *j, unsigned timeout_ms,
+		     bool for_leader, dg_rpc_done_fn cb, void *arg)
 {
 	char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
 	struct dg_buf b;
 	int rv = DG_ENOMEM;
 	dg_buf_init(&b);
 	if (text && dg_buf_append(&b, &kind, 1) == 0 && dg_buf_append(&b, text, strlen(text)) == 0)
-		rv = dg__rpc_call(l, addr, b.data, b.len, timeout_ms, cb, arg);
+		rv = call_start(l, addr, b.data, b.len, timeout_ms, for_leader, cb, arg);
 	dg_buf_fini(&b);
 	free(text);
 	return rv;
+}
+
+int dg__rpc_call_json(dg_lan *l, const char *addr, uint8_t kind, json_t *j, unsigned timeout_ms,
+		      dg_rpc_done_fn cb, void *arg)
+{
+	return call_json(l, addr, kind, j, timeout_ms, false, cb, arg);
+}
+
+int dg__rpc_call_json_leader(dg_lan *l, const char *addr, uint8_t kind, json_t *j,
+			     unsigned timeout_ms, dg_rpc_done_fn cb, void *arg)
+{
+	return call_json(l, addr, kind, j, timeout_ms, true, cb, arg);
 }
 
 void dg__rpc_reply_json(struct rpc_in *in, json_t *ans)
@@ -625,7 +654,7 @@ static void held_done(void *arg, int err, const uint8_t *buf, size_t len)
 	/* the leader's link went with the request out, or the leader changed: asked again of the
 	 * next leader, held up to DG_LEADER_HOLD_MS from now (a blocking query may have been out
 	 * for minutes) */
-	if (err == DG_EOF) {
+	if (err == DG_EOF || err == DG_EBUSY) {
 		uint64_t until = dg_now_ms() + DG_LEADER_HOLD_MS;
 		if (h->hold_until_ms < until)
 			h->hold_until_ms = until;
@@ -646,13 +675,15 @@ static int held_send(struct held_call *h)
 	pthread_mutex_unlock(&l->mu);
 	if (!*addr)
 		return DG_ENOLEADER;
-	return dg__rpc_call(l, addr, h->msg, h->len, h->timeout_ms, held_done, h);
+	return call_start(l, addr, h->msg, h->len, h->timeout_ms, true, held_done, h);
 }
 
 /* Loop thread, each tick: held calls go to the leader once one is reachable, or fail with
  * DG_ENOLEADER once held DG_LEADER_HOLD_MS. */
 /* Once another leader is known, calls for the leader still out to a server that no longer is
- * one are aborted (DG_EOF) and so asked again of the new leader. The server may be dead without
+ * one are aborted: a read is asked again of the new leader; a write still in nng's queue
+ * (DG_EBUSY) is held and sent to it (lan/raft.c), one already sent fails with DG_EOF (it may
+ * have been applied). The server may be dead without
  * its link's loss having been told: nng tells it from its reaper thread, which a WAN socket's
  * close can leave stuck (wan/closer.c), and such a read then waited out its whole timeout. Under
  * rpc.mu. */
@@ -663,7 +694,7 @@ static void held_move_on(dg_lan *l, const char *leader)
 		if (strcmp(p->addr, leader) == 0)
 			continue;
 		for (struct rpc_call *c = p->calls; c; c = c->next)
-			if (c->cb == held_done && !c->link_lost) {
+			if (c->for_leader && !c->link_lost) {
 				c->link_lost = true;
 				nng_aio_abort(c->aio, NNG_ECONNRESET);
 			}

@@ -11,6 +11,7 @@ a restore sent to a follower is applied by every server, and a client agent send
 server. python-consul has no snapshot API, so the CLI and raw HTTP are used.
 """
 
+import base64
 import gzip
 import hashlib
 import io
@@ -453,6 +454,43 @@ class SnapshotClusterTest(unittest.TestCase):
             return {}, r.index
         self.assertEqual(r.status, 200, r)
         return {e["Key"]: unb64(e["Value"]) for e in r.json()}, r.index
+
+    def test_large_restore_through_a_follower(self):
+        """A state of about 16 MB (an archive over 8 MiB, past the request body limit of other
+        endpoints and past what one 8301 message carries) restored through a follower: it goes
+        to the leader in parts (docs/snapshot.md) and every server has all of it."""
+        c = self.cluster
+        leader = c.leader()
+        n, per_txn = 32000, 64
+        # the other tests of the class read snapshots through one 8 MiB message: leave none of it
+        self.addCleanup(lambda: c.leader().delete("/v1/kv/big/?recurse", timeout=60))
+        for start in range(0, n, per_txn):
+            ops = [{"KV": {"Verb": "set", "Key": "big/%05d" % i,
+                           "Value": base64.b64encode(os.urandom(300)).decode()}}
+                   for i in range(start, min(n, start + per_txn))]
+            r = leader.put("/v1/txn", json.dumps(ops).encode(), timeout=30)
+            self.assertEqual(r.status, 200, r)
+        r = leader.get("/v1/snapshot", timeout=120)
+        self.assertEqual(r.status, 200, r)
+        archive = r.body
+        self.assertGreater(len(archive), 8 * 1024 * 1024, "the archive is too small to test this")
+        want = leader.get("/v1/kv/big/00007?raw").body
+        # changed after the save: the restore puts it back, and removes what came later
+        self.assertEqual(leader.put("/v1/kv/big/00007", b"changed").status, 200)
+        self.assertEqual(leader.put("/v1/kv/big/later", b"x").status, 200)
+
+        follower = c.followers()[0]
+        r = follower.put("/v1/snapshot", archive, timeout=300)
+        self.assertEqual(r.status, 200, r)
+        for s in c.servers:
+            def restored():
+                r = s.get("/v1/kv/big/?keys&stale", timeout=30)
+                return r.status == 200 and len(r.json()) == n and "big/later" not in r.json()
+            wait_until(restored, 60, 0.5, "all %d keys restored on %s" % (n, s.node))
+            self.assertEqual(s.get("/v1/kv/big/00007?raw&stale").body, want)
+        # the cluster goes on: one leader, writes through a follower
+        c.wait_leader(LEADER_TIMEOUT)
+        self.assertEqual(follower.put("/v1/kv/big/after", b"1").status, 200)
 
     def test_follower_save_and_restore_everywhere(self):
         c = self.cluster
