@@ -745,23 +745,12 @@ static json_t *error_result(int status, const char *text)
 	return json_pack("{s:s, s:i}", "Error", text ? text : "internal error", "Status", status);
 }
 
-int dg_cat_apply(dg_catalog *c, uint64_t index, const char *buf, size_t len, json_t **result)
+/* One command (cmd borrowed), at c->cur_index: its result in *result (NULL for none). */
+static int apply_one(dg_catalog *c, json_t *cmd, json_t **result)
 {
-	json_error_t jerr;
-	json_t *cmd = json_loadb(buf, len, 0, &jerr);
 	json_t *res = NULL;
 	char *err = NULL;
 	int rv = 0;
-	if (result)
-		*result = NULL;
-	if (!json_is_object(cmd)) {
-		json_decref(cmd);
-		if (result)
-			*result = error_result(500, "corrupt command");
-		return DG_EINVAL;
-	}
-	/* an index can only move forward, even if a caller passes an old one */
-	c->cur_index = index > c->last_index ? index : c->last_index + 1;
 	c->cur_now_ns = dg__ji64(cmd, "Now");
 	const char *op = dg__js(cmd, "Op");
 
@@ -799,6 +788,44 @@ int dg_cat_apply(dg_catalog *c, uint64_t index, const char *buf, size_t len, jso
 	if (rv != 0 && !res)
 		res = error_result(rv == DG_ENOTFOUND ? 404 : 500, err ? err : dg_strerror(rv));
 	free(err);
+	*result = res;
+	return rv;
+}
+
+int dg_cat_apply(dg_catalog *c, uint64_t index, const char *buf, size_t len, json_t **result)
+{
+	json_error_t jerr;
+	json_t *cmd = json_loadb(buf, len, 0, &jerr);
+	json_t *res = NULL;
+	int rv = 0;
+	if (result)
+		*result = NULL;
+	if (!json_is_object(cmd)) {
+		json_decref(cmd);
+		if (result)
+			*result = error_result(500, "corrupt command");
+		return DG_EINVAL;
+	}
+	/* an index can only move forward, even if a caller passes an old one */
+	c->cur_index = index > c->last_index ? index : c->last_index + 1;
+	if (strcmp(dg__js(cmd, "Op"), "batch") == 0) {
+		/* writes the leader gathered in one loop turn (lan/raft.c): applied in order at one
+		 * index, each with its own result */
+		json_t *cmds = json_object_get(cmd, "Cmds"), *sub;
+		size_t i;
+		res = json_array();
+		json_array_foreach(cmds, i, sub)
+		{
+			json_t *r = NULL;
+			if (!json_is_object(sub) || strcmp(dg__js(sub, "Op"), "batch") == 0)
+				r = error_result(500, "corrupt command");
+			else
+				apply_one(c, sub, &r);
+			json_array_append_new(res, r ? r : json_null());
+		}
+	} else {
+		rv = apply_one(c, cmd, &res);
+	}
 	__atomic_store_n(&c->last_index, c->cur_index, __ATOMIC_RELEASE);
 	json_decref(cmd);
 	if (result)

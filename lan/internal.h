@@ -136,6 +136,10 @@ struct dg_lan {
 	struct dg__members *members;
 	struct dg__client *client; /* a client agent's local state and anti-entropy */
 	struct write_req *held, *held_tail; /* writes waiting for a leader */
+#define BATCH_MAX 256
+	struct write_req *batch[BATCH_MAX]; /* the leader's writes of this loop turn (raft.c) */
+	size_t nbatch;
+	uv_check_t batch_check;
 	char leader_rpc[96];		    /* the leader's 8301 address, "" unknown */
 	bool leader_known_loop;
 	bool bootstrap_pending; /* raft not started: waiting for bootstrap_expect servers */
