@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # `make soak`: the long-running checks, repeated. Each round runs the restart-safety test (kill -9
-# in a write stream, every acknowledged write checked), 10,000 parked blocking queries, and the TLS
-# matrix, against fresh agents. Bounded: SOAK_ROUNDS rounds (default 5), each under the runner's
+# in a write stream, every acknowledged write checked), 10,000 parked blocking queries, the TLS
+# matrix, and the multi-server ones (issue 5): three servers with the leader killed under four
+# writers and a server cut off, three servers and five client agents with one killed, and two
+# federated DCs of three servers with the remote leader and forwarding targets killed, all
+# against fresh agents. Bounded: SOAK_ROUNDS rounds (default 5), each under the runner's
 # own time ceiling.
 #
 # Then, once, the long version of the emulated-WAN federation test
@@ -23,7 +26,7 @@ rounds=${SOAK_ROUNDS:-5}
 wan_s=${SOAK_WAN_S:-330}
 pass=0; fail=0
 for r in $(seq 1 "$rounds"); do
-  out=$(DCGATE_IT_ONLY="tests/integration/test_restart.py tests/integration/test_many_waiters.py tests/integration/test_tls_matrix.py tests/integration/test_tls_reload.py" \
+  out=$(DCGATE_IT_ONLY="tests/integration/test_restart.py tests/integration/test_many_waiters.py tests/integration/test_tls_matrix.py tests/integration/test_tls_reload.py tests/integration/test_cluster.py tests/integration/test_client.py tests/integration/test_federation_cluster.py" \
         bash tests/run-integration.sh 2>&1)
   line=$(echo "$out" | grep -oE '[0-9]+ passed, [0-9]+ failed' | tail -1)
   echo "soak round $r/$rounds: $line"
