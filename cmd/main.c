@@ -775,7 +775,7 @@ static int run_agent(int argc, char **argv)
 	 * federation.h); HTTP lets go of federation before any of it. */
 	dg_http_set_fed(http, NULL);
 	dg_fed_stop(fed);
-	dg_lan_stop_tls(lan);
+	dg_lan_stop_rpc(lan);
 	dg_wan_free(wan);
 	dg_fed_free(fed);
 	dg_http_free(http);

@@ -150,10 +150,12 @@ int dg_lan_http_call_leader(dg_lan *l, const void *buf, size_t len, unsigned tim
  * the loop thread. */
 int dg_lan_verify_leader(dg_lan *l, dg_lan_done_fn cb, void *arg);
 
-/* Closes a server's TLS listener for the servers' requests (lan/rpc.c), at shutdown before the
- * WAN pool is closed: with nng 1.5.2 a WAN close can leave nng's reaper stuck on a lost aio
- * (wan/closer.c), and closing a TLS listener after that never returns. */
-void dg_lan_stop_tls(dg_lan *l);
+/* Closes the 8301 (and 8303) sockets at shutdown, before the WAN pool is closed: with nng 1.5.2
+ * a WAN close can leave nng's reaper stuck on a lost aio (wan/closer.c), and closing a socket
+ * with a listener after that never returns (the agent never exited: stress_wan_close.py). From
+ * here the servers' requests fail with DG_ESHUTDOWN; gossip's probes go on until
+ * dg_lan_free. Any thread, once the leave (if any) is over. */
+void dg_lan_stop_rpc(dg_lan *l);
 
 /* ---- raft ---- */
 

@@ -559,26 +559,18 @@ fail:
 	return DG_EIO;
 }
 
-void dg_lan_stop_tls(dg_lan *l)
+/* Closes the sockets (the peers', then the listeners'): calls out complete with NNG_ECLOSED and
+ * get their callback with DG_ESHUTDOWN, new ones fail at once, requests coming in stop. Once. */
+static void sockets_close(dg_lan *l)
 {
-	if (!l || !l->rpc.inited)
-		return;
 	pthread_mutex_lock(&l->rpc.mu);
-	bool open = l->rpc.tls_listening;
-	l->rpc.tls_listening = false;
-	pthread_mutex_unlock(&l->rpc.mu);
-	if (open)
-		nng_listener_close(l->rpc.tls_listener);
-}
-
-void dg__rpc_close(dg_lan *l)
-{
-	if (!l->rpc.inited)
-		return;
-	pthread_mutex_lock(&l->rpc.mu);
+	bool done = l->rpc.sockets_closed;
 	l->rpc.closed = true;
+	l->rpc.sockets_closed = true;
 	pthread_mutex_unlock(&l->rpc.mu);
-	/* closing completes every aio (NNG_ECLOSED): calls get their callback, contexts stop */
+	if (done)
+		return;
+	/* no peer is added once closed is set (dg__rpc_call checks it under rpc.mu) */
 	for (size_t i = 0; i < l->rpc.peers.n; i++) {
 		struct rpc_peer *p = l->rpc.peers.v[i].value;
 		nng_close(p->sock);
@@ -589,7 +581,20 @@ void dg__rpc_close(dg_lan *l)
 		pthread_cond_wait(&l->rpc.idle, &l->rpc.mu);
 	pthread_mutex_unlock(&l->rpc.mu);
 	if (l->rpc.rep_open)
-		nng_close(l->rpc.rep);
+		nng_close(l->rpc.rep); /* its TLS listener with it */
+}
+
+void dg_lan_stop_rpc(dg_lan *l)
+{
+	if (l && l->rpc.inited)
+		sockets_close(l);
+}
+
+void dg__rpc_close(dg_lan *l)
+{
+	if (!l->rpc.inited)
+		return;
+	sockets_close(l);
 	for (size_t i = 0; i < l->rpc.nin; i++) {
 		struct rpc_in *in = &l->rpc.in[i];
 		nng_aio_stop(in->aio);
