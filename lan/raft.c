@@ -135,24 +135,34 @@ static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
 
 /* ---- writes ---- */
 
-static void apply_cb(struct raft_apply *req, int status, void *result)
+/* A write the leader applied (raft status 0) or lost, answered and freed; res is given. */
+static void write_applied(struct write_req *w, int status, json_t *res, uint64_t index)
 {
-	struct write_req *w = req->data;
-	dg_lan *l = w->lan;
-	json_t *res = NULL;
-	if (status == 0) {
-		res = result;
-		if (res && res == l->unclaimed_result)
-			l->unclaimed_result = NULL;
-	}
+	int st = status == 0 ? 0 : DG_ENOLEADER;
 	if (w->reply_to)
-		answer_write(w->reply_to, status == 0 ? 0 : DG_ENOLEADER, res, w->apply.index);
+		answer_write(w->reply_to, st, res, index);
 	else if (w->cb)
-		w->cb(w->arg, status == 0 ? 0 : DG_ENOLEADER, res);
+		w->cb(w->arg, st, res);
 	else
 		json_decref(res);
 	json_decref(w->cmd);
 	free(w);
+}
+
+/* The FSM's result of the entry just applied, taken from l->unclaimed_result. */
+static json_t *claim_result(dg_lan *l, int status, void *result)
+{
+	if (status != 0)
+		return NULL;
+	if (result && result == l->unclaimed_result)
+		l->unclaimed_result = NULL;
+	return result;
+}
+
+static void apply_cb(struct raft_apply *req, int status, void *result)
+{
+	struct write_req *w = req->data;
+	write_applied(w, status, claim_result(w->lan, status, result), w->apply.index);
 }
 
 static void write_fail(dg_lan *l, struct write_req *w, int rv)
@@ -171,6 +181,7 @@ static void write_fail(dg_lan *l, struct write_req *w, int rv)
 static void hold(dg_lan *l, struct write_req *w);
 static void write_done(struct write_req *w);
 static void batch_flush(dg_lan *l);
+static void apply_alone(dg_lan *l, struct write_req *w);
 
 struct write_batch {
 	struct raft_apply apply;
@@ -272,8 +283,6 @@ static void hold(dg_lan *l, struct write_req *w)
 
 static void submit(dg_lan *l, struct write_req *w)
 {
-	struct raft_buffer buf;
-	int rv;
 	if (!w->reply_to && !w->hold_until_ms)
 		dg__agent_before_write(l, w->cmd);
 	if (!l->cfg.server) {
@@ -296,22 +305,28 @@ static void submit(dg_lan *l, struct write_req *w)
 	const char *op = json_string_value(json_object_get(w->cmd, "Op"));
 	if (op && strncmp(op, "restore", 7) == 0) {
 		batch_flush(l);
-		if ((rv = encode_entry(w->cmd, &buf)) != 0)
-			goto fail;
-		w->apply.data = w;
-		if (raft_apply(&l->raft, &w->apply, &buf, 1, apply_cb) != 0) {
-			raft_free(buf.base);
-			rv = DG_ENOLEADER;
-			goto fail;
-		}
+		apply_alone(l, w);
 		return;
 	}
 	if (l->nbatch == BATCH_MAX)
 		batch_flush(l);
 	l->batch[l->nbatch++] = w;
-	return;
-fail:
-	write_fail(l, w, rv);
+}
+
+/* One write as its own raft entry (the leader's). */
+static void apply_alone(dg_lan *l, struct write_req *w)
+{
+	struct raft_buffer buf;
+	int rv = encode_entry(w->cmd, &buf);
+	if (rv != 0) {
+		write_fail(l, w, rv);
+		return;
+	}
+	w->apply.data = w;
+	if (raft_apply(&l->raft, &w->apply, &buf, 1, apply_cb) != 0) {
+		raft_free(buf.base);
+		write_fail(l, w, DG_ENOLEADER);
+	}
 }
 
 /* The leader's writes gathered in one turn of the loop (HTTP writes, forwarded ones, the
@@ -323,30 +338,11 @@ fail:
 static void batch_apply_cb(struct raft_apply *req, int status, void *result)
 {
 	struct write_batch *b = req->data;
-	dg_lan *l = b->lan;
-	json_t *arr = NULL;
-	if (status == 0) {
-		arr = result;
-		if (arr && arr == l->unclaimed_result)
-			l->unclaimed_result = NULL;
-	}
+	json_t *arr = claim_result(b->lan, status, result);
 	for (size_t i = 0; i < b->n; i++) {
-		struct write_req *w = b->w[i];
-		json_t *res = NULL;
-		if (status == 0) {
-			json_t *r = json_array_get(arr, i);
-			if (r && !json_is_null(r))
-				res = json_incref(r);
-		}
-		int st = status == 0 ? 0 : DG_ENOLEADER;
-		if (w->reply_to)
-			answer_write(w->reply_to, st, res, b->apply.index);
-		else if (w->cb)
-			w->cb(w->arg, st, res);
-		else
-			json_decref(res);
-		json_decref(w->cmd);
-		free(w);
+		json_t *r = json_array_get(arr, i);
+		write_applied(b->w[i], status, r && !json_is_null(r) ? json_incref(r) : NULL,
+			      b->apply.index);
 	}
 	json_decref(arr);
 	free(b);
@@ -367,16 +363,7 @@ static void batch_flush(dg_lan *l)
 		return;
 	}
 	if (n == 1) {
-		struct write_req *w = l->batch[0];
-		if ((rv = encode_entry(w->cmd, &buf)) != 0) {
-			write_fail(l, w, rv);
-			return;
-		}
-		w->apply.data = w;
-		if (raft_apply(&l->raft, &w->apply, &buf, 1, apply_cb) != 0) {
-			raft_free(buf.base);
-			write_fail(l, w, DG_ENOLEADER);
-		}
+		apply_alone(l, l->batch[0]);
 		return;
 	}
 	struct write_batch *b = calloc(1, sizeof(*b) + n * sizeof(b->w[0]));
