@@ -65,8 +65,8 @@ dg_catalog *dg_cat_new(const char *dc)
 	pthread_rwlock_init(&c->lock, NULL);
 	dg_map_init(&c->nodes, true);
 	dg_map_init(&c->names, true);
-	dg_map_init(&c->kv, false);
-	dg_map_init(&c->tombstones, false);
+	dg_omap_init(&c->kv);
+	dg_omap_init(&c->tombstones);
 	dg_map_init(&c->sessions, false);
 	dg_map_init(&c->lock_delay, false);
 	c->last_index = 1;
@@ -137,14 +137,15 @@ void dg__cat_clear_tables(dg_catalog *c)
 		dg__cat_node_free(c->nodes.v[i].value);
 	for (size_t i = 0; i < c->names.n; i++)
 		name_free(c->names.v[i].value);
-	for (size_t i = 0; i < c->kv.n; i++)
-		dg__cat_kv_free(c->kv.v[i].value);
+	struct dg_omap_it it;
+	for (dg_omap_first(&c->kv, &it); dg_omap_valid(&it); dg_omap_next(&it))
+		dg__cat_kv_free(dg_omap_value(&it));
 	for (size_t i = 0; i < c->sessions.n; i++)
 		dg__cat_session_free(c->sessions.v[i].value);
 	dg_map_fini(&c->nodes);
 	dg_map_fini(&c->names);
-	dg_map_fini(&c->kv);
-	dg_map_fini(&c->tombstones);
+	dg_omap_fini(&c->kv);
+	dg_omap_fini(&c->tombstones);
 	dg_map_fini(&c->sessions);
 	dg_map_fini(&c->lock_delay);
 }

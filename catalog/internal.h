@@ -30,8 +30,8 @@ struct dg_catalog {
 	uint64_t idx_floor;
 	struct dg_map nodes;      /* nocase name -> struct node_rec* */
 	struct dg_map names;      /* nocase service name -> struct name_rec* */
-	struct dg_map kv;         /* key -> struct dg_cat_kv* */
-	struct dg_map tombstones; /* key -> (uintptr_t) index of its deletion */
+	struct dg_omap kv;        /* key -> struct dg_cat_kv* */
+	struct dg_omap tombstones; /* key -> (uintptr_t) index of its deletion */
 	struct dg_map sessions;   /* id -> struct dg_cat_session* */
 	struct dg_map lock_delay; /* key -> (uintptr_t) wall ms until which acquire is refused */
 	/* changes recorded by the current apply, drained by dg_cat_take_changes() */

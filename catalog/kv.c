@@ -58,16 +58,15 @@ json_t *dg__cat_kv_json(const struct dg_cat_kv *e, bool with_value)
 
 const struct dg_cat_kv *dg_cat_kv_find_locked(dg_catalog *c, const char *key)
 {
-	return dg_map_find(&c->kv, key);
+	return dg_omap_find(&c->kv, key);
 }
 
 int dg_cat_kv_walk_locked(dg_catalog *c, const char *prefix, dg_cat_kv_cb cb, void *arg)
 {
 	int rv;
-	for (size_t i = dg_map_lower_bound(&c->kv, prefix); i < c->kv.n; i++) {
-		if (!dg_map_has_prefix(&c->kv, c->kv.v[i].key, prefix))
-			break;
-		if ((rv = cb(arg, c->kv.v[i].value)) != 0)
+	struct dg_omap_it it;
+	for (dg_omap_seek(&c->kv, prefix, &it); dg_omap_in_prefix(&it, prefix); dg_omap_next(&it)) {
+		if ((rv = cb(arg, dg_omap_value(&it))) != 0)
 			return rv;
 	}
 	return 0;
@@ -75,7 +74,7 @@ int dg_cat_kv_walk_locked(dg_catalog *c, const char *prefix, dg_cat_kv_cb cb, vo
 
 size_t dg_cat_kv_count_locked(dg_catalog *c)
 {
-	return c->kv.n;
+	return dg_omap_size(&c->kv);
 }
 
 /* A per-key index as reported: never below the last restore's index (snapshot.c), whose state
@@ -89,24 +88,22 @@ uint64_t dg_cat_index_kv_locked(dg_catalog *c, const char *key, bool prefix)
 {
 	uint64_t best = 0;
 	if (!prefix) {
-		struct dg_cat_kv *e = dg_map_find(&c->kv, key);
+		struct dg_cat_kv *e = dg_omap_find(&c->kv, key);
 		if (e)
 			return above_floor(c, e->modify_index ? e->modify_index : 1);
-		uintptr_t t = (uintptr_t)dg_map_find(&c->tombstones, key);
+		uintptr_t t = (uintptr_t)dg_omap_find(&c->tombstones, key);
 		if (t)
 			return above_floor(c, (uint64_t)t);
 	} else {
-		for (size_t i = dg_map_lower_bound(&c->kv, key); i < c->kv.n; i++) {
-			if (!dg_map_has_prefix(&c->kv, c->kv.v[i].key, key))
-				break;
-			struct dg_cat_kv *e = c->kv.v[i].value;
+		struct dg_omap_it it;
+		for (dg_omap_seek(&c->kv, key, &it); dg_omap_in_prefix(&it, key); dg_omap_next(&it)) {
+			struct dg_cat_kv *e = dg_omap_value(&it);
 			if (e->modify_index > best)
 				best = e->modify_index;
 		}
-		for (size_t i = dg_map_lower_bound(&c->tombstones, key); i < c->tombstones.n; i++) {
-			if (!dg_map_has_prefix(&c->tombstones, c->tombstones.v[i].key, key))
-				break;
-			uint64_t t = (uint64_t)(uintptr_t)c->tombstones.v[i].value;
+		for (dg_omap_seek(&c->tombstones, key, &it); dg_omap_in_prefix(&it, key);
+		     dg_omap_next(&it)) {
+			uint64_t t = (uint64_t)(uintptr_t)dg_omap_value(&it);
 			if (t > best)
 				best = t;
 		}
@@ -148,10 +145,10 @@ static void undo_record(dg_catalog *c, const char *key)
 		u->v = v;
 		u->cap = cap;
 	}
-	struct dg_cat_kv *e = dg_map_find(&c->kv, key);
+	struct dg_cat_kv *e = dg_omap_find(&c->kv, key);
 	u->v[u->n].key = strdup(key);
 	u->v[u->n].prev = e ? kv_clone(e) : NULL;
-	u->v[u->n].prev_tomb = (uintptr_t)dg_map_find(&c->tombstones, key);
+	u->v[u->n].prev_tomb = (uintptr_t)dg_omap_find(&c->tombstones, key);
 	u->n++;
 }
 
@@ -159,15 +156,15 @@ static void undo_apply(dg_catalog *c, struct undo_log *u)
 {
 	for (size_t i = u->n; i-- > 0;) {
 		struct undo *d = &u->v[i];
-		dg__cat_kv_free(dg_map_del(&c->kv, d->key));
+		dg__cat_kv_free(dg_omap_del(&c->kv, d->key));
 		if (d->prev) {
-			if (dg_map_put(&c->kv, d->key, d->prev, NULL) != 0)
+			if (dg_omap_put(&c->kv, d->key, d->prev, NULL) != 0)
 				dg__cat_kv_free(d->prev);
 			d->prev = NULL;
 		}
-		dg_map_del(&c->tombstones, d->key);
+		dg_omap_del(&c->tombstones, d->key);
 		if (d->prev_tomb)
-			dg_map_put(&c->tombstones, d->key, (void *)d->prev_tomb, NULL);
+			dg_omap_put(&c->tombstones, d->key, (void *)d->prev_tomb, NULL);
 	}
 }
 
@@ -191,7 +188,7 @@ static void kv_touched(dg_catalog *c, const char *key)
 static int kv_put(dg_catalog *c, const char *key, const uint8_t *val, size_t len, uint64_t flags,
 		  const char *session, int lock_delta, bool clear_session)
 {
-	struct dg_cat_kv *old = dg_map_find(&c->kv, key);
+	struct dg_cat_kv *old = dg_omap_find(&c->kv, key);
 	struct dg_cat_kv *e = calloc(1, sizeof(*e));
 	if (!e)
 		return DG_ENOMEM;
@@ -215,9 +212,9 @@ static int kv_put(dg_catalog *c, const char *key, const uint8_t *val, size_t len
 		dg__cat_kv_free(e);
 		return DG_ENOMEM;
 	}
-	dg_map_put(&c->kv, key, e, NULL);
+	dg_omap_put(&c->kv, key, e, NULL);
 	dg__cat_kv_free(old);
-	dg_map_del(&c->tombstones, key);
+	dg_omap_del(&c->tombstones, key);
 	kv_touched(c, key);
 	return 0;
 }
@@ -225,11 +222,11 @@ static int kv_put(dg_catalog *c, const char *key, const uint8_t *val, size_t len
 static void kv_delete(dg_catalog *c, const char *key)
 {
 	undo_record(c, key);
-	struct dg_cat_kv *e = dg_map_del(&c->kv, key);
+	struct dg_cat_kv *e = dg_omap_del(&c->kv, key);
 	if (!e)
 		return;
 	dg__cat_kv_free(e);
-	dg_map_put(&c->tombstones, key, (void *)(uintptr_t)c->cur_index, NULL);
+	dg_omap_put(&c->tombstones, key, (void *)(uintptr_t)c->cur_index, NULL);
 	kv_touched(c, key);
 }
 
@@ -252,7 +249,7 @@ json_t *dg__cat_kv_apply(dg_catalog *c, json_t *op, bool *ok, char **err)
 	const char *session = dg__js(op, "Session");
 	uint8_t *val = NULL;
 	size_t len = 0;
-	struct dg_cat_kv *cur = dg_map_find(&c->kv, key);
+	struct dg_cat_kv *cur = dg_omap_find(&c->kv, key);
 	*ok = false;
 	*err = NULL;
 	if (*b64 && dg_base64_decode(b64, strlen(b64), &val, &len) != 0) {
@@ -298,9 +295,11 @@ json_t *dg__cat_kv_apply(dg_catalog *c, json_t *op, bool *ok, char **err)
 			*ok = true;
 		}
 	} else if (strcmp(verb, "delete-tree") == 0) {
-		size_t i = dg_map_lower_bound(&c->kv, key);
-		while (i < c->kv.n && dg_map_has_prefix(&c->kv, c->kv.v[i].key, key)) {
-			char *k = strdup(c->kv.v[i].key);
+		struct dg_omap_it it;
+		/* each delete moves entries: seek again from the prefix, where the next one now is */
+		for (dg_omap_seek(&c->kv, key, &it); dg_omap_in_prefix(&it, key);
+		     dg_omap_seek(&c->kv, key, &it)) {
+			char *k = strdup(dg_omap_key(&it));
 			if (!k)
 				break;
 			kv_delete(c, k);
@@ -346,14 +345,14 @@ json_t *dg__cat_kv_apply(dg_catalog *c, json_t *op, bool *ok, char **err)
 		return NULL;
 	if (strcmp(verb, "get-tree") == 0) {
 		json_t *arr = json_array();
-		for (size_t i = dg_map_lower_bound(&c->kv, key);
-		     i < c->kv.n && dg_map_has_prefix(&c->kv, c->kv.v[i].key, key); i++)
-			json_array_append_new(arr, dg__cat_kv_json(c->kv.v[i].value, true));
+		struct dg_omap_it it;
+		for (dg_omap_seek(&c->kv, key, &it); dg_omap_in_prefix(&it, key); dg_omap_next(&it))
+			json_array_append_new(arr, dg__cat_kv_json(dg_omap_value(&it), true));
 		return arr;
 	}
 	if (strncmp(verb, "delete", 6) == 0)
 		return NULL;
-	cur = dg_map_find(&c->kv, key);
+	cur = dg_omap_find(&c->kv, key);
 	/* Consul returns DirEntries without values for writes, with values for get */
 	return cur ? dg__cat_kv_json(cur, strcmp(verb, "get") == 0) : NULL;
 }

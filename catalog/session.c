@@ -118,25 +118,27 @@ void dg__cat_session_destroy(dg_catalog *c, const char *id)
 	bool del = strcmp(s->behavior, "delete") == 0;
 	int64_t delay_ms = s->lock_delay_ns / 1000000;
 	/* every key this session holds: release or delete, then lock-delay */
-	for (size_t i = 0; i < c->kv.n;) {
-		struct dg_cat_kv *e = c->kv.v[i].value;
+	struct dg_omap_it it;
+	for (dg_omap_first(&c->kv, &it); dg_omap_valid(&it);) {
+		struct dg_cat_kv *e = dg_omap_value(&it);
 		if (!e->session || strcmp(e->session, id) != 0) {
-			i++;
+			dg_omap_next(&it);
 			continue;
 		}
 		char *key = strdup(e->key);
 		if (!key) {
-			i++;
+			dg_omap_next(&it);
 			continue;
 		}
 		if (del) {
-			dg__cat_kv_free(dg_map_del(&c->kv, key));
-			dg_map_put(&c->tombstones, key, (void *)(uintptr_t)c->cur_index, NULL);
+			dg__cat_kv_free(dg_omap_del(&c->kv, key));
+			dg_omap_put(&c->tombstones, key, (void *)(uintptr_t)c->cur_index, NULL);
+			dg_omap_seek(&c->kv, key, &it); /* the delete moved entries: on from the next key */
 		} else {
 			free(e->session);
 			e->session = NULL;
 			e->modify_index = c->cur_index;
-			i++;
+			dg_omap_next(&it);
 		}
 		if (delay_ms > 0)
 			dg_map_put(&c->lock_delay, key,

@@ -74,9 +74,10 @@ char *dg_cat_snapshot_index(dg_catalog *c, size_t *len, uint64_t *index)
 		json_object_set_new(names, r->name, json_integer((json_int_t)r->index));
 	}
 	/* the keys are written by hand after the rest (below): most of a large store's bytes */
-	for (size_t i = 0; i < c->tombstones.n; i++)
-		json_object_set_new(tombs, c->tombstones.v[i].key,
-				    json_integer((json_int_t)(uintptr_t)c->tombstones.v[i].value));
+	struct dg_omap_it it;
+	for (dg_omap_first(&c->tombstones, &it); dg_omap_valid(&it); dg_omap_next(&it))
+		json_object_set_new(tombs, dg_omap_key(&it),
+				    json_integer((json_int_t)(uintptr_t)dg_omap_value(&it)));
 	for (size_t i = 0; i < c->lock_delay.n; i++)
 		json_object_set_new(delays, c->lock_delay.v[i].key,
 				    json_integer((json_int_t)(uintptr_t)c->lock_delay.v[i].value));
@@ -106,10 +107,12 @@ char *dg_cat_snapshot_index(dg_catalog *c, size_t *len, uint64_t *index)
 	int rv = rest && rlen >= 2 ? dg_buf_append(&b, rest, rlen - 1) : DG_ENOMEM;
 	if (rv == 0)
 		rv = dg_buf_append(&b, rlen > 2 ? ",\"KV\":[" : "\"KV\":[", rlen > 2 ? 7 : 6);
-	for (size_t i = 0; rv == 0 && i < c->kv.n; i++) {
-		if (i && (rv = dg_buf_append(&b, ",", 1)) != 0)
+	bool first = true;
+	for (dg_omap_first(&c->kv, &it); rv == 0 && dg_omap_valid(&it); dg_omap_next(&it)) {
+		if (!first && (rv = dg_buf_append(&b, ",", 1)) != 0)
 			break;
-		rv = dg__cat_kv_write(&b, c->kv.v[i].value);
+		first = false;
+		rv = dg__cat_kv_write(&b, dg_omap_value(&it));
 	}
 	if (rv == 0)
 		rv = dg_buf_append(&b, "]}", 3); /* with the NUL */
@@ -341,7 +344,7 @@ static int load_kv(dg_catalog *c, struct load *ld, json_t *v)
 		return refuse(ld, "KV %s: Value is not a string", json_string_value(key));
 	if ((rv = want_type(ld, v, "Session", JSON_STRING, "a KV entry")) != 0)
 		return rv;
-	if (dg_map_find(&c->kv, json_string_value(key)))
+	if (dg_omap_find(&c->kv, json_string_value(key)))
 		return refuse(ld, "KV %s twice", json_string_value(key));
 	struct dg_cat_kv *e = calloc(1, sizeof(*e));
 	if (!e)
@@ -365,7 +368,7 @@ static int load_kv(dg_catalog *c, struct load *ld, json_t *v)
 		dg__cat_kv_free(e);
 		return rv;
 	}
-	if (dg_map_put(&c->kv, e->key, e, NULL) != 0) {
+	if (dg_omap_put(&c->kv, e->key, e, NULL) != 0) {
 		dg__cat_kv_free(e);
 		return DG_ENOMEM;
 	}
@@ -410,8 +413,19 @@ static int load_session(dg_catalog *c, struct load *ld, json_t *v)
 }
 
 /* A map of key -> integer (Tombstones: an index each; LockDelay: a wall-clock time). */
+static int put_in_map(void *map, const char *key, uint64_t u)
+{
+	return dg_map_put(map, key, (void *)(uintptr_t)u, NULL);
+}
+
+static int put_in_omap(void *map, const char *key, uint64_t u)
+{
+	return dg_omap_put(map, key, (void *)(uintptr_t)u, NULL);
+}
+
+/* Loads {key: integer} into a table through put (put_in_map or put_in_omap). */
 static int load_int_map(struct load *ld, json_t *obj, const char *what, bool is_index,
-			struct dg_map *out)
+			int (*put)(void *map, const char *key, uint64_t u), void *out)
 {
 	const char *k;
 	json_t *v;
@@ -427,7 +441,7 @@ static int load_int_map(struct load *ld, json_t *obj, const char *what, bool is_
 		} else {
 			u = (uint64_t)json_integer_value(v);
 		}
-		if (dg_map_put(out, k, (void *)(uintptr_t)u, NULL) != 0)
+		if (put(out, k, u) != 0)
 			return DG_ENOMEM;
 	}
 	return 0;
@@ -514,9 +528,9 @@ static int load_state(dg_catalog *c, json_t *root, struct load *ld)
 			return rv;
 	}
 	if ((rv = load_int_map(ld, json_object_get(root, "Tombstones"), "a tombstone", true,
-			       &c->tombstones)) != 0 ||
+			       put_in_omap, &c->tombstones)) != 0 ||
 	    (rv = load_int_map(ld, json_object_get(root, "LockDelay"), "a lock delay", false,
-			       &c->lock_delay)) != 0)
+			       put_in_map, &c->lock_delay)) != 0)
 		return rv;
 	json_array_foreach(json_object_get(root, "Sessions"), i, v)
 	{
@@ -595,8 +609,8 @@ int dg_cat_state_check(json_t *state, struct dg_cat_state_info *info, char *why,
 			info->services += n->services.n;
 			info->checks += n->checks.n;
 		}
-		info->kv = c->kv.n;
-		info->tombstones = c->tombstones.n;
+		info->kv = dg_omap_size(&c->kv);
+		info->tombstones = dg_omap_size(&c->tombstones);
 		info->sessions = c->sessions.n;
 	}
 	dg_cat_free(c);

@@ -173,4 +173,37 @@ size_t dg_map_lower_bound(const struct dg_map *m, const char *key);
 /* True if key starts with prefix (respecting the map's case rule). */
 bool dg_map_has_prefix(const struct dg_map *m, const char *key, const char *prefix);
 
+/* ---- sorted string-keyed map in chunks (common/omap.c) ----
+ * For tables that grow large under writes (the KV store): the same sorted order and O(log n)
+ * lookups as dg_map, with inserts and deletes that move at most one chunk. Case-sensitive keys,
+ * owned by the map; values are the caller's. Walks go through an iterator, which any put or del
+ * invalidates (seek again from a copy of the key). */
+struct dg_omap_chunk;
+struct dg_omap {
+	struct dg_omap_chunk **chunks;
+	size_t nchunks, cap;
+	size_t n; /* entries */
+};
+struct dg_omap_it {
+	const struct dg_omap *m;
+	size_t c, i;
+};
+void dg_omap_init(struct dg_omap *m);
+/* Frees the keys and the chunks; values are the caller's to free first. */
+void dg_omap_fini(struct dg_omap *m);
+void *dg_omap_find(const struct dg_omap *m, const char *key);
+/* Inserts or replaces; the replaced value is stored in *old (NULL if none). 0 or DG_ENOMEM. */
+int dg_omap_put(struct dg_omap *m, const char *key, void *value, void **old);
+void *dg_omap_del(struct dg_omap *m, const char *key);
+size_t dg_omap_size(const struct dg_omap *m);
+void dg_omap_first(const struct dg_omap *m, struct dg_omap_it *it);
+/* At the first key >= key. */
+void dg_omap_seek(const struct dg_omap *m, const char *key, struct dg_omap_it *it);
+bool dg_omap_valid(const struct dg_omap_it *it);
+const char *dg_omap_key(const struct dg_omap_it *it);
+void *dg_omap_value(const struct dg_omap_it *it);
+void dg_omap_next(struct dg_omap_it *it);
+/* Valid and its key starts with prefix. */
+bool dg_omap_in_prefix(const struct dg_omap_it *it, const char *prefix);
+
 #endif

@@ -1,4 +1,4 @@
-/* Unit tests for common/: Go durations both ways, base64, the sorted map, number parsing, the JSON
+/* Unit tests for common/: Go durations both ways, base64, the sorted maps, number parsing, the JSON
  * string writer. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -84,6 +84,71 @@ static void map_sorted_and_case_rules(void **state)
 	assert_ptr_equal(dg_map_del(&m, "API"), (void *)2);
 	assert_null(dg_map_find(&m, "api"));
 	dg_map_fini(&m);
+}
+
+/* The chunked map against the sorted array as the reference: random puts and deletes over a key
+ * space much larger than a chunk, so chunks split, thin out, merge and vanish; after each step
+ * the same keys in the same order, found alike, and prefix seeks that land on the same key. */
+static void omap_matches_sorted_array(void **state)
+{
+	struct dg_omap om;
+	struct dg_map ref;
+	dg_omap_init(&om);
+	dg_map_init(&ref, false);
+	unsigned seed = 12345;
+	char key[32];
+	for (int step = 0; step < 60000; step++) {
+		seed = seed * 1103515245u + 12345u;
+		unsigned r = (seed >> 8) % 5000;
+		snprintf(key, sizeof(key), "k/%u/%u", r % 7, r);
+		/* puts win early (the map grows past many chunks), deletes later (it shrinks) */
+		bool put = ((seed >> 20) % 100) < (step < 30000 ? 70u : 25u);
+		if (put) {
+			void *o1, *o2;
+			assert_int_equal(dg_omap_put(&om, key, (void *)(uintptr_t)(step + 1), &o1), 0);
+			assert_int_equal(dg_map_put(&ref, key, (void *)(uintptr_t)(step + 1), &o2), 0);
+			assert_ptr_equal(o1, o2);
+		} else {
+			assert_ptr_equal(dg_omap_del(&om, key), dg_map_del(&ref, key));
+		}
+		assert_int_equal(dg_omap_size(&om), ref.n);
+		if (step % 997 == 0 || step == 59999) {
+			struct dg_omap_it it;
+			size_t i = 0;
+			for (dg_omap_first(&om, &it); dg_omap_valid(&it); dg_omap_next(&it), i++) {
+				assert_true(i < ref.n);
+				assert_string_equal(dg_omap_key(&it), ref.v[i].key);
+				assert_ptr_equal(dg_omap_value(&it), ref.v[i].value);
+			}
+			assert_int_equal(i, ref.n);
+			const char *prefixes[] = {"", "k/3/", "k/3/1", "k/9", "a", "z"};
+			for (size_t p = 0; p < sizeof(prefixes) / sizeof(prefixes[0]); p++) {
+				size_t j = dg_map_lower_bound(&ref, prefixes[p]);
+				dg_omap_seek(&om, prefixes[p], &it);
+				assert_int_equal(dg_omap_valid(&it), j < ref.n);
+				if (j < ref.n)
+					assert_string_equal(dg_omap_key(&it), ref.v[j].key);
+				assert_int_equal(dg_omap_in_prefix(&it, prefixes[p]),
+						 j < ref.n && dg_map_has_prefix(&ref, ref.v[j].key, prefixes[p]));
+			}
+			assert_ptr_equal(dg_omap_find(&om, key), dg_map_find(&ref, key));
+		}
+	}
+	/* everything deleted: no chunk is left behind, and the map works again */
+	while (ref.n) {
+		char *k = strdup(ref.v[0].key);
+		assert_ptr_equal(dg_omap_del(&om, k), dg_map_del(&ref, k));
+		free(k);
+	}
+	assert_int_equal(dg_omap_size(&om), 0);
+	assert_int_equal(om.nchunks, 0);
+	struct dg_omap_it end;
+	dg_omap_first(&om, &end);
+	assert_false(dg_omap_valid(&end));
+	assert_int_equal(dg_omap_put(&om, "again", (void *)1, NULL), 0);
+	assert_ptr_equal(dg_omap_find(&om, "again"), (void *)1);
+	dg_omap_fini(&om);
+	dg_map_fini(&ref);
 }
 
 static void parse_numbers_and_bools(void **state)
@@ -180,6 +245,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(duration_parse_go_forms), cmocka_unit_test(duration_format_like_go),
 		cmocka_unit_test(base64_round_trip),	   cmocka_unit_test(map_sorted_and_case_rules),
+		cmocka_unit_test(omap_matches_sorted_array),
 		cmocka_unit_test(parse_numbers_and_bools),
 		cmocka_unit_test(json_string_escapes),
 		cmocka_unit_test(json_string_long_run),
