@@ -45,6 +45,7 @@ struct dg__rpc {
 	char last_leader[96];	/* the leader's 8301 address at the last tick (loop thread) */
 	bool closed, inited, rep_open;
 	bool sockets_closed; /* dg_lan_stop_rpc or dg__rpc_close closed them */
+	bool close_stuck;    /* their close did not finish in time (sockets_close) */
 	nng_socket rep;
 	/* TLS (docs/cluster.md "TLS for the servers' requests"): a server's second listener on
 	 * the same rep socket, and the config every agent dials servers' TLS addresses with */

@@ -154,8 +154,10 @@ int dg_lan_verify_leader(dg_lan *l, dg_lan_done_fn cb, void *arg);
  * a WAN close can leave nng's reaper stuck on a lost aio (wan/closer.c), and closing a socket
  * with a listener after that never returns (the agent never exited: stress_wan_close.py). From
  * here the servers' requests fail with DG_ESHUTDOWN; gossip's probes go on until
- * dg_lan_free. Any thread, once the leave (if any) is over. */
-void dg_lan_stop_rpc(dg_lan *l);
+ * dg_lan_free. Any thread, once the leave (if any) is over. Waits a bounded time (lan/rpc.c):
+ * false when the closes did not finish, a reaper stuck before shutdown; nng's threads may then
+ * still use the LAN's state, so the caller must not free anything (main exits at once). */
+bool dg_lan_stop_rpc(dg_lan *l);
 
 /* ---- raft ---- */
 

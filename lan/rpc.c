@@ -13,6 +13,7 @@
 #include "lan/internal.h"
 
 #include "tls/tls.h"
+#include "wan/closer.h"
 
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/rep.h>
@@ -20,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define RPC "rpc"
 
@@ -27,6 +29,8 @@
  * this bounds the requests being served (more wait in nng's queue). Forwarded writes from a
  * follower under load are the most numerous. */
 #define RPC_CONTEXTS 128
+/* shutdown waits this long for the sockets to close and their calls to end (sockets_close) */
+#define RPC_CLOSE_WAIT_MS 3000
 
 struct rpc_in {
 	nng_ctx ctx;
@@ -560,8 +564,12 @@ fail:
 }
 
 /* Closes the sockets (the peers', then the listeners'): calls out complete with NNG_ECLOSED and
- * get their callback with DG_ESHUTDOWN, new ones fail at once, requests coming in stop. Once. */
-static void sockets_close(dg_lan *l)
+ * get their callback with DG_ESHUTDOWN, new ones fail at once, requests coming in stop. Once.
+ * The closes run on a closer thread (wan/closer.c), waited for at most RPC_CLOSE_WAIT_MS with
+ * the calls' callbacks: a WAN close can leave nng's reaper stuck on a lost aio, and a close
+ * after that never returns (stress_wan_close.py: the agent did not exit). Returns false when
+ * they did not all finish: nng's threads may still use the sockets, the calls and l. */
+static bool sockets_close(dg_lan *l)
 {
 	pthread_mutex_lock(&l->rpc.mu);
 	bool done = l->rpc.sockets_closed;
@@ -569,32 +577,59 @@ static void sockets_close(dg_lan *l)
 	l->rpc.sockets_closed = true;
 	pthread_mutex_unlock(&l->rpc.mu);
 	if (done)
-		return;
+		return !l->rpc.close_stuck;
+	uint64_t deadline = dg_now_ms() + RPC_CLOSE_WAIT_MS;
+	struct dg__wan_closer *closer = dg__wan_closer_new(NULL);
 	/* no peer is added once closed is set (dg__rpc_call checks it under rpc.mu) */
 	for (size_t i = 0; i < l->rpc.peers.n; i++) {
 		struct rpc_peer *p = l->rpc.peers.v[i].value;
-		nng_close(p->sock);
+		if (closer)
+			dg__wan_closer_put(closer, p->sock, NULL);
+		else
+			nng_close(p->sock); /* no thread to spare: as before, unbounded */
 	}
+	if (l->rpc.rep_open) { /* its TLS listener with it */
+		if (closer)
+			dg__wan_closer_put(closer, l->rpc.rep, NULL);
+		else
+			nng_close(l->rpc.rep);
+	}
+	bool ok = !closer || dg__wan_closer_stop(closer, RPC_CLOSE_WAIT_MS);
 	/* every call completed with NNG_ECLOSED: wait until their callbacks are done with us */
 	pthread_mutex_lock(&l->rpc.mu);
-	while (l->rpc.calls_out > 0)
-		pthread_cond_wait(&l->rpc.idle, &l->rpc.mu);
+	while (ok && l->rpc.calls_out > 0) {
+		uint64_t now = dg_now_ms();
+		if (now >= deadline) {
+			ok = false;
+			break;
+		}
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		uint64_t ns = (uint64_t)ts.tv_nsec + (deadline - now) * 1000000ull;
+		ts.tv_sec += (time_t)(ns / 1000000000ull);
+		ts.tv_nsec = (long)(ns % 1000000000ull);
+		pthread_cond_timedwait(&l->rpc.idle, &l->rpc.mu, &ts);
+	}
+	l->rpc.close_stuck = !ok;
 	pthread_mutex_unlock(&l->rpc.mu);
-	if (l->rpc.rep_open)
-		nng_close(l->rpc.rep); /* its TLS listener with it */
+	if (!ok)
+		DG_LOGW(RPC, "closing the 8301 sockets did not finish within %d ms (nng 1.5.2 lost an "
+			       "aio, wan/closer.c)",
+			RPC_CLOSE_WAIT_MS);
+	return ok;
 }
 
-void dg_lan_stop_rpc(dg_lan *l)
+bool dg_lan_stop_rpc(dg_lan *l)
 {
-	if (l && l->rpc.inited)
-		sockets_close(l);
+	return !l || !l->rpc.inited || sockets_close(l);
 }
 
 void dg__rpc_close(dg_lan *l)
 {
 	if (!l->rpc.inited)
 		return;
-	sockets_close(l);
+	if (!sockets_close(l))
+		return; /* nng may still use all of it: left to the process exit */
 	for (size_t i = 0; i < l->rpc.nin; i++) {
 		struct rpc_in *in = &l->rpc.in[i];
 		nng_aio_stop(in->aio);

@@ -1,5 +1,6 @@
 /* wan/closer.h: closes the WAN pool's nng sockets on a thread of their own, so that no thread
- * the pool depends on ever waits inside nng_close() (wan/closer.c says why). Internal to wan/. */
+ * the pool depends on ever waits inside nng_close() (wan/closer.c says why). The WAN pool's, and
+ * lan/rpc.c's at shutdown (a reaper the WAN left stuck blocks any socket's close). */
 #ifndef DG_WAN_CLOSER_H
 #define DG_WAN_CLOSER_H
 
