@@ -2,7 +2,9 @@
 # Sources are found per folder; objects go to build/ (or build-san/ with SANITIZE=1).
 
 CC      ?= cc
-PKGS    := libmicrohttpd jansson libuv raft libcurl openssl gnutls zlib
+# libcurl is not linked: common/curl_lazy.c loads it on first use (only its headers are needed)
+PKGS    := libmicrohttpd jansson libuv raft openssl gnutls zlib
+HDR_PKGS := $(PKGS) libcurl
 SANITIZE ?= 0
 ifeq ($(SANITIZE),1)
 BUILD   := build-san
@@ -15,7 +17,7 @@ OPT     := -O2 -g
 endif
 
 CFLAGS  += -std=gnu11 $(OPT) -Wall -Wextra -Werror -Wno-unused-parameter -Wno-format-truncation -Wshadow -pthread \
-           -I. $(shell pkg-config --cflags $(PKGS)) $(SANFLAGS) -MMD -MP -D_GNU_SOURCE
+           -I. $(shell pkg-config --cflags $(HDR_PKGS)) $(SANFLAGS) -MMD -MP -D_GNU_SOURCE
 LDLIBS  += $(shell pkg-config --libs $(PKGS)) -lnng -lm -pthread
 LDFLAGS += $(SANFLAGS)
 
@@ -75,7 +77,7 @@ fuzz:
 	@mkdir -p build-fuzz
 	@for src in $(FUZZ_SRCS); do name=$$(basename $$src .c); t=$${name#fuzz_}; \
 	  clang -g -O1 -fsanitize=fuzzer,address,undefined -I. -D_GNU_SOURCE \
-	    $(shell pkg-config --cflags $(PKGS)) -o build-fuzz/$$name $$src $(FUZZ_LIB_SRCS) \
+	    $(shell pkg-config --cflags $(HDR_PKGS)) -o build-fuzz/$$name $$src $(FUZZ_LIB_SRCS) \
 	    $(shell pkg-config --libs jansson zlib libcrypto) -lm || exit 1; \
 	  mkdir -p build-fuzz/corpus-$$t && cp -n tests/fuzz/corpus/$$t/* build-fuzz/corpus-$$t/; \
 	  build-fuzz/$$name -max_total_time=$(FUZZ_SECONDS) -max_len=8192 build-fuzz/corpus-$$t || exit 1; \

@@ -9,7 +9,7 @@
 #include "common/common.h"
 #include "lan/gossip_msg.h"
 
-#include <curl/curl.h>
+#include "common/curl_lazy.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
@@ -542,18 +542,23 @@ static int cli_connect(struct cli *c)
 		b.data[--b.len] = 0;
 	c->base = dg_buf_steal(&b, NULL);
 
-	if (!(c->curl = curl_easy_init())) {
+	const struct dg_curl *cu = dg_curl();
+	if (!cu) {
+		cli_set_err(c, "%s", dg_curl_error());
+		return DG_EIO;
+	}
+	if (!(c->curl = cu->easy_init())) {
 		cli_set_err(c, "cannot initialise libcurl");
 		return DG_ENOMEM;
 	}
 	CURL *h = c->curl;
-	curl_easy_setopt(h, CURLOPT_ERRORBUFFER, c->curl_err);
-	curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT, CLI_CONNECT_TIMEOUT);
-	curl_easy_setopt(h, CURLOPT_USERAGENT, "dcgate/" DG_VERSION);
-	curl_easy_setopt(h, CURLOPT_ACCEPT_ENCODING, "");
+	cu->easy_setopt(h, CURLOPT_ERRORBUFFER, c->curl_err);
+	cu->easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+	cu->easy_setopt(h, CURLOPT_CONNECTTIMEOUT, CLI_CONNECT_TIMEOUT);
+	cu->easy_setopt(h, CURLOPT_USERAGENT, "dcgate/" DG_VERSION);
+	cu->easy_setopt(h, CURLOPT_ACCEPT_ENCODING, "");
 	if (c->unix_path)
-		curl_easy_setopt(h, CURLOPT_UNIX_SOCKET_PATH, c->unix_path);
+		cu->easy_setopt(h, CURLOPT_UNIX_SOCKET_PATH, c->unix_path);
 
 	const char *ca = c->ca_file ? c->ca_file : env_setting("CACERT");
 	const char *cert = c->client_cert ? c->client_cert : env_setting("CLIENT_CERT");
@@ -561,14 +566,14 @@ static int cli_connect(struct cli *c)
 	const char *verify = env_setting("HTTP_SSL_VERIFY");
 	bool v = true;
 	if (ca)
-		curl_easy_setopt(h, CURLOPT_CAINFO, ca);
+		cu->easy_setopt(h, CURLOPT_CAINFO, ca);
 	if (cert)
-		curl_easy_setopt(h, CURLOPT_SSLCERT, cert);
+		cu->easy_setopt(h, CURLOPT_SSLCERT, cert);
 	if (key)
-		curl_easy_setopt(h, CURLOPT_SSLKEY, key);
+		cu->easy_setopt(h, CURLOPT_SSLKEY, key);
 	if (verify && dg_parse_bool(verify, &v) == 0 && !v) {
-		curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 0L);
-		curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 0L);
+		cu->easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 0L);
+		cu->easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 0L);
 	}
 	return 0;
 }
@@ -605,6 +610,7 @@ static int cli_request(struct cli *c, const char *method, const char *path, cons
 	if ((rv = cli_connect(c)) != 0)
 		return rv;
 
+	const struct dg_curl *cu = dg_curl(); /* loaded: cli_connect succeeded */
 	struct dg_buf url, tok;
 	dg_buf_init(&url);
 	dg_buf_init(&tok);
@@ -613,13 +619,13 @@ static int cli_request(struct cli *c, const char *method, const char *path, cons
 	if ((rv = dg_buf_appendf(&url, "%s%s", c->base, path)) != 0)
 		goto out;
 	/* The agent (libmicrohttpd) gains nothing from a 100-continue round trip. */
-	if (!(h = curl_slist_append(hdrs, "Expect:")))
+	if (!(h = cu->slist_append(hdrs, "Expect:")))
 		goto nomem;
 	hdrs = h;
 	if (token) {
 		if ((rv = dg_buf_appendf(&tok, "X-Consul-Token: %s", token)) != 0)
 			goto out;
-		if (!(h = curl_slist_append(hdrs, tok.data)))
+		if (!(h = cu->slist_append(hdrs, tok.data)))
 			goto nomem;
 		hdrs = h;
 	}
@@ -627,44 +633,44 @@ static int cli_request(struct cli *c, const char *method, const char *path, cons
 		dg_buf_fini(&tok);
 		if ((rv = dg_buf_appendf(&tok, "Content-Type: %s", content_type)) != 0)
 			goto out;
-		if (!(h = curl_slist_append(hdrs, tok.data)))
+		if (!(h = cu->slist_append(hdrs, tok.data)))
 			goto nomem;
 		hdrs = h;
 	}
 
 	CURL *e = c->curl;
-	curl_easy_setopt(e, CURLOPT_URL, url.data);
-	curl_easy_setopt(e, CURLOPT_HTTPHEADER, hdrs);
-	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
-	curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
+	cu->easy_setopt(e, CURLOPT_URL, url.data);
+	cu->easy_setopt(e, CURLOPT_HTTPHEADER, hdrs);
+	cu->easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+	cu->easy_setopt(e, CURLOPT_WRITEDATA, r);
 	/* HTTPGET resets whatever method and body the previous request on this handle used. */
-	curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
-	curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, NULL);
+	cu->easy_setopt(e, CURLOPT_HTTPGET, 1L);
+	cu->easy_setopt(e, CURLOPT_CUSTOMREQUEST, NULL);
 	if (strcmp(method, "PUT") == 0 || strcmp(method, "POST") == 0) {
-		curl_easy_setopt(e, CURLOPT_POSTFIELDS, body ? body : "");
-		curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)(body ? body_len : 0));
-		curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+		cu->easy_setopt(e, CURLOPT_POSTFIELDS, body ? body : "");
+		cu->easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)(body ? body_len : 0));
+		cu->easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
 	} else if (strcmp(method, "GET") != 0) {
-		curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+		cu->easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
 	}
 
-	CURLcode cc = curl_easy_perform(e);
-	curl_easy_setopt(e, CURLOPT_HTTPHEADER, NULL);
+	CURLcode cc = cu->easy_perform(e);
+	cu->easy_setopt(e, CURLOPT_HTTPHEADER, NULL);
 	if (cc == CURLE_WRITE_ERROR) {
 		rv = r->too_big ? DG_ETOOBIG : DG_ENOMEM;
 	} else if (cc != CURLE_OK) {
 		if (!c->curl_err[0])
-			cli_set_err(c, "%s", curl_easy_strerror(cc));
+			cli_set_err(c, "%s", cu->easy_strerror(cc));
 		rv = DG_EIO;
 	} else {
-		curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &r->status);
+		cu->easy_getinfo(e, CURLINFO_RESPONSE_CODE, &r->status);
 		rv = 0;
 	}
 	goto out;
 nomem:
 	rv = DG_ENOMEM;
 out:
-	curl_slist_free_all(hdrs);
+	cu->slist_free_all(hdrs);
 	dg_buf_fini(&url);
 	dg_buf_fini(&tok);
 	return rv;
@@ -3124,7 +3130,7 @@ static int cli_run_io(int argc, char **argv, FILE *in, FILE *out, FILE *err)
 	c.err = err;
 	int code = cmd->run(&c, argc - 1, argv + 1);
 	if (c.curl)
-		curl_easy_cleanup(c.curl);
+		dg_curl()->easy_cleanup(c.curl);
 	free(c.base);
 	free(c.unix_path);
 	fflush(out);
@@ -3133,11 +3139,6 @@ static int cli_run_io(int argc, char **argv, FILE *in, FILE *out, FILE *err)
 
 int dg_cli_run(int argc, char **argv)
 {
-	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
-		fprintf(stderr, "Error: cannot initialise libcurl\n");
-		return CLI_FAIL;
-	}
-	int code = cli_run_io(argc, argv, stdin, stdout, stderr);
-	curl_global_cleanup();
-	return code;
+	/* libcurl is loaded and set up by the first request (common/curl_lazy.c) */
+	return cli_run_io(argc, argv, stdin, stdout, stderr);
 }

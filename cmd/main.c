@@ -487,9 +487,8 @@ static int run_agent(int argc, char **argv)
 	/* Before anything starts a thread (nng's workers start with the TLS engine): every thread
 	 * inherits this mask, so SIGHUP and SIGTERM reach the sigwait below and never a worker,
 	 * where SIGHUP's default action would end the process. */
-	/* No curl_global_init() here: Debian's libcurl 7.88 sets itself up thread-safely on first
-	 * use (CURL_VERSION_THREADSAFE), and doing it at start loads OpenSSL into every agent,
-	 * about 2 MiB of RSS that an agent with no HTTP check and no WAN never needs. */
+	/* No libcurl here: the first HTTP check loads and sets it up (common/curl_lazy.c); an
+	 * agent with no HTTP check never maps it nor the score of libraries it brings. */
 	sigemptyset(&wait_set);
 	sigaddset(&wait_set, SIGINT);
 	sigaddset(&wait_set, SIGTERM);

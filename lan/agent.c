@@ -8,8 +8,8 @@
  * Threads: all of it runs on the loop thread, except the probe functions (probe_tcp, probe_http)
  * which run in the worker pool on copies, and session_ttl which is guarded by ttl_mu. */
 #include "lan/internal.h"
+#include "common/curl_lazy.h"
 
-#include <curl/curl.h>
 #include <errno.h>
 #include <netdb.h>
 #include <poll.h>
@@ -224,7 +224,12 @@ static const char *reason_phrase(long code)
 
 static void probe_http(struct probe *p)
 {
-	CURL *h = curl_easy_init();
+	const struct dg_curl *cu = dg_curl();
+	if (!cu) {
+		set_result(p, "critical", "HTTP checks need libcurl: %s", dg_curl_error());
+		return;
+	}
+	CURL *h = cu->easy_init();
 	struct curl_slist *hdrs = NULL;
 	struct body_buf *body = calloc(1, sizeof(*body));
 	const char *method = p->method && *p->method ? p->method : "GET";
@@ -232,16 +237,16 @@ static void probe_http(struct probe *p)
 		set_result(p, "critical", "out of memory");
 		goto out;
 	}
-	curl_easy_setopt(h, CURLOPT_URL, p->target);
-	curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
-	curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)p->timeout_ms);
-	curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, body_write);
-	curl_easy_setopt(h, CURLOPT_WRITEDATA, body);
-	curl_easy_setopt(h, CURLOPT_USERAGENT, "Consul Health Check");
+	cu->easy_setopt(h, CURLOPT_URL, p->target);
+	cu->easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
+	cu->easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)p->timeout_ms);
+	cu->easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+	cu->easy_setopt(h, CURLOPT_WRITEFUNCTION, body_write);
+	cu->easy_setopt(h, CURLOPT_WRITEDATA, body);
+	cu->easy_setopt(h, CURLOPT_USERAGENT, "Consul Health Check");
 	if (p->tls_skip_verify) {
-		curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 0L);
-		curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 0L);
+		cu->easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 0L);
+		cu->easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 0L);
 	}
 	const char *k;
 	json_t *vals;
@@ -253,31 +258,31 @@ static void probe_http(struct probe *p)
 		{
 			char *line = NULL;
 			if (json_is_string(v) && asprintf(&line, "%s: %s", k, json_string_value(v)) >= 0) {
-				hdrs = curl_slist_append(hdrs, line);
+				hdrs = cu->slist_append(hdrs, line);
 				free(line);
 			}
 		}
 	}
 	if (hdrs)
-		curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
+		cu->easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
 	if (p->body && *p->body)
-		curl_easy_setopt(h, CURLOPT_POSTFIELDS, p->body);
-	CURLcode rc = curl_easy_perform(h);
+		cu->easy_setopt(h, CURLOPT_POSTFIELDS, p->body);
+	CURLcode rc = cu->easy_perform(h);
 	if (rc != CURLE_OK) {
-		set_result(p, "critical", "%s \"%s\": %s", method, p->target, curl_easy_strerror(rc));
+		set_result(p, "critical", "%s \"%s\": %s", method, p->target, cu->easy_strerror(rc));
 		goto out;
 	}
 	long code = 0;
-	curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &code);
+	cu->easy_getinfo(h, CURLINFO_RESPONSE_CODE, &code);
 	const char *status = code >= 200 && code < 300 ? "passing"
 			     : code == 429		   ? "warning"
 							   : "critical";
 	set_result(p, status, "HTTP %s %s: %ld %s Output: %s", method, p->target, code,
 		   reason_phrase(code), body->data);
 out:
-	curl_slist_free_all(hdrs);
+	cu->slist_free_all(hdrs);
 	if (h)
-		curl_easy_cleanup(h);
+		cu->easy_cleanup(h);
 	free(body);
 }
 
