@@ -118,6 +118,9 @@ struct dg_lan {
 	char dir[PATH_MAX];
 	bool tmpdir;
 	json_t *unclaimed_result; /* last FSM result not taken by an apply callback */
+	size_t applies_out;	     /* raft_apply calls not yet called back (loop thread) */
+	uint64_t applies_progress_ms; /* when one last started from none or ended */
+	bool applies_stall_told;      /* the stall warning was logged since */
 	bool was_leader;
 
 	pthread_mutex_t mu; /* guards everything below */

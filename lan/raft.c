@@ -159,9 +159,42 @@ static json_t *claim_result(dg_lan *l, int status, void *result)
 	return result;
 }
 
+/* Progress of the leader's raft_apply calls, for the stall warning in tick_cb. Loop thread. */
+static void applies_started(dg_lan *l)
+{
+	if (l->applies_out++ == 0)
+		l->applies_progress_ms = dg_now_ms();
+}
+
+static void applies_done(dg_lan *l)
+{
+	l->applies_out--;
+	l->applies_progress_ms = dg_now_ms();
+	l->applies_stall_told = false;
+}
+
+/* A write proposed and neither committed nor failed for this long is logged with raft's state:
+ * every write path answers within DG_LEADER_HOLD_MS otherwise, so this is a stall to explain. */
+#define APPLY_STALL_MS 10000
+
+static void applies_check(dg_lan *l, uint64_t now)
+{
+	if (l->applies_out == 0 || l->applies_stall_told || now < l->applies_progress_ms + APPLY_STALL_MS)
+		return;
+	l->applies_stall_told = true;
+	DG_LOGW(LAN,
+		"%zu writes proposed to raft, none committed for %llu ms: state %d, term %llu, last "
+		"index %llu, commit index %llu, last applied %llu, %u servers",
+		l->applies_out, (unsigned long long)(now - l->applies_progress_ms),
+		(int)raft_state(&l->raft), (unsigned long long)l->raft.current_term,
+		(unsigned long long)raft_last_index(&l->raft), (unsigned long long)l->raft.commit_index,
+		(unsigned long long)raft_last_applied(&l->raft), l->raft.configuration.n);
+}
+
 static void apply_cb(struct raft_apply *req, int status, void *result)
 {
 	struct write_req *w = req->data;
+	applies_done(w->lan);
 	write_applied(w, status, claim_result(w->lan, status, result), w->apply.index);
 }
 
@@ -326,7 +359,9 @@ static void apply_alone(dg_lan *l, struct write_req *w)
 	if (raft_apply(&l->raft, &w->apply, &buf, 1, apply_cb) != 0) {
 		raft_free(buf.base);
 		write_fail(l, w, DG_ENOLEADER);
+		return;
 	}
+	applies_started(l);
 }
 
 /* The leader's writes gathered in one turn of the loop (HTTP writes, forwarded ones, the
@@ -338,6 +373,7 @@ static void apply_alone(dg_lan *l, struct write_req *w)
 static void batch_apply_cb(struct raft_apply *req, int status, void *result)
 {
 	struct write_batch *b = req->data;
+	applies_done(b->lan);
 	json_t *arr = claim_result(b->lan, status, result);
 	for (size_t i = 0; i < b->n; i++) {
 		json_t *r = json_array_get(arr, i);
@@ -382,6 +418,7 @@ static void batch_flush(dg_lan *l)
 		memcpy(b->w, l->batch, n * sizeof(b->w[0]));
 		b->apply.data = b;
 		if (raft_apply(&l->raft, &b->apply, &buf, 1, batch_apply_cb) == 0) {
+			applies_started(l);
 			json_decref(cmd);
 			return;
 		}
@@ -1037,6 +1074,7 @@ static void tick_cb(uv_timer_t *t)
 		leader_conf(l, now);
 		abandoned_restore(l, now);
 	}
+	applies_check(l, now);
 	if (l->held)
 		release_held(l, now);
 	dg__rpc_tick(l, now);
