@@ -299,6 +299,20 @@ static void call_cb(void *arg)
 }
 
 /* nng's pipe events for a peer's socket, on nng's threads. */
+/* Fails p's calls out (all, or only those for the leader) as a lost link: aborting only
+ * completes the aio, whose callback runs later on nng's thread. Under rpc.mu; how many. */
+static int abort_calls(struct rpc_peer *p, bool leader_only)
+{
+	int n = 0;
+	for (struct rpc_call *c = p->calls; c; c = c->next)
+		if ((!leader_only || c->for_leader) && !c->link_lost) {
+			c->link_lost = true;
+			nng_aio_abort(c->aio, NNG_ECONNRESET);
+			n++;
+		}
+	return n;
+}
+
 static void peer_pipe_cb(nng_pipe pipe, nng_pipe_ev ev, void *arg)
 {
 	struct rpc_peer *p = arg;
@@ -309,12 +323,7 @@ static void peer_pipe_cb(nng_pipe pipe, nng_pipe_ev ev, void *arg)
 		p->pipes++;
 		p->linked = true;
 	} else if (ev == NNG_PIPE_EV_REM_POST && p->pipes > 0 && --p->pipes == 0) {
-		/* aborting only completes the aio (its callback runs later, on nng's thread) */
-		int n = 0;
-		for (struct rpc_call *c = p->calls; c; c = c->next, n++) {
-			c->link_lost = true;
-			nng_aio_abort(c->aio, NNG_ECONNRESET);
-		}
+		int n = abort_calls(p, false);
 		DG_LOGD(RPC, "link to %s lost; %d call(s) out on it fail", p->addr, n);
 	}
 	pthread_mutex_unlock(&l->rpc.mu);
@@ -731,13 +740,8 @@ static void held_move_on(dg_lan *l, const char *leader)
 {
 	for (size_t i = 0; i < l->rpc.peers.n; i++) {
 		struct rpc_peer *p = l->rpc.peers.v[i].value;
-		if (strcmp(p->addr, leader) == 0)
-			continue;
-		for (struct rpc_call *c = p->calls; c; c = c->next)
-			if (c->for_leader && !c->link_lost) {
-				c->link_lost = true;
-				nng_aio_abort(c->aio, NNG_ECONNRESET);
-			}
+		if (strcmp(p->addr, leader) != 0)
+			abort_calls(p, true);
 	}
 }
 
