@@ -10,6 +10,8 @@
 #include "lan/internal.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
+#include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,12 +24,26 @@
 #define RECONCILE_MS	  5000 /* the leader compares every member with the catalog */
 #define MAX_TAGS	  16
 #define UDP_BUF		  65536
+/* Host-name lookups under way at once: they run on libuv's thread pool, which raft's disk work
+ * shares, and a lookup with no DNS answer holds a thread for seconds. */
+#define MAX_LOOKUPS	  2
 
 struct pending_join {
 	char addr[96]; /* "ip:port" */
 	dg_lan_done_fn cb;
 	void *arg;
 	struct pending_join *next;
+};
+
+/* A join to a host name, being looked up (start_join). */
+struct name_join {
+	uv_getaddrinfo_t req;
+	dg_lan *lan;
+	char name[256];
+	uint16_t port;
+	dg_lan_done_fn cb;
+	void *arg;
+	struct name_join *next;
 };
 
 struct dg__members {
@@ -42,6 +58,9 @@ struct dg__members {
 	bool have_reply;
 
 	struct pending_join *joins;
+	struct name_join *lookups; /* host names being looked up */
+	size_t nlookups;
+	bool stopped;
 	char **retry;
 	size_t nretry;
 	bool retry_done;
@@ -76,8 +95,22 @@ static bool in_our_dc(dg_lan *l, const struct dg_gossip_member *m)
 	return dc && strcmp(dc, l->cfg.dc) == 0;
 }
 
-/* "host" or "host:port" into host and port (default: ours). false when malformed. */
-static bool split_addr(dg_lan *l, const char *in, char *host, size_t hlen, uint16_t *port)
+/* A DNS name as Consul's -join takes one: letters, digits, '-' and '.', not starting with
+ * '-' or '.'. */
+static bool is_host_name(const char *s)
+{
+	if (!isalnum((unsigned char)*s))
+		return false;
+	for (; *s; s++)
+		if (!isalnum((unsigned char)*s) && *s != '-' && *s != '.')
+			return false;
+	return true;
+}
+
+/* "host" or "host:port" into host and port (default: ours). false when malformed; *name is
+ * set when host is a host name to look up rather than an IPv4 address. */
+static bool split_addr(dg_lan *l, const char *in, char *host, size_t hlen, uint16_t *port,
+		       bool *name)
 {
 	const char *colon = strrchr(in, ':');
 	size_t n = colon ? (size_t)(colon - in) : strlen(in);
@@ -93,8 +126,9 @@ static bool split_addr(dg_lan *l, const char *in, char *host, size_t hlen, uint1
 	memcpy(host, in, n);
 	host[n] = 0;
 	struct in_addr a;
-	if (inet_pton(AF_INET, host, &a) != 1)
-		return false; /* no DNS here: the flags and the API take addresses */
+	*name = inet_pton(AF_INET, host, &a) != 1;
+	if (*name && !is_host_name(host))
+		return false;
 	*port = (uint16_t)p;
 	return true;
 }
@@ -601,13 +635,88 @@ void dg__members_reconcile(dg_lan *l, bool all)
 
 /* ---- joins ---- */
 
+static int start_join(dg_lan *l, const char *addr, dg_lan_done_fn cb, void *arg);
+
+static void name_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+	struct name_join *nj = req->data;
+	dg_lan *l = nj->lan;
+	struct dg__members *m = l->members;
+	for (struct name_join **pp = &m->lookups; *pp; pp = &(*pp)->next)
+		if (*pp == nj) {
+			*pp = nj->next;
+			break;
+		}
+	m->nlookups--;
+	char ip[INET_ADDRSTRLEN] = "";
+	for (struct addrinfo *ai = status == 0 ? res : NULL; ai && !*ip; ai = ai->ai_next)
+		if (ai->ai_family == AF_INET)
+			inet_ntop(AF_INET, &((struct sockaddr_in *)ai->ai_addr)->sin_addr, ip,
+				  sizeof(ip));
+	if (res)
+		uv_freeaddrinfo(res);
+	char msg[320];
+	int rv = 0;
+	if (m->stopped || status == UV_ECANCELED) {
+		rv = DG_ESHUTDOWN;
+		snprintf(msg, sizeof(msg), "shutting down");
+	} else if (!*ip) {
+		rv = DG_ENOTFOUND;
+		snprintf(msg, sizeof(msg), "cannot resolve %s: %s", nj->name,
+			 status ? uv_strerror(status) : "no IPv4 address");
+	} else {
+		char addr[96];
+		snprintf(addr, sizeof(addr), "%s:%u", ip, nj->port);
+		DG_LOGD(MEM, "join: %s is %s", nj->name, ip);
+		if ((rv = start_join(l, addr, nj->cb, nj->arg)) != 0)
+			snprintf(msg, sizeof(msg), "%s", dg_strerror(rv));
+	}
+	if (rv != 0 && nj->cb)
+		nj->cb(nj->arg, rv, msg);
+	free(nj);
+}
+
+/* A host name is looked up on libuv's thread pool (never on the loop: a DNS wait would stall
+ * raft), then joined at its first IPv4 address, as Consul's -join and -retry-join do. */
+static int start_lookup(dg_lan *l, const char *host, uint16_t port, dg_lan_done_fn cb, void *arg)
+{
+	struct dg__members *m = l->members;
+	for (struct name_join *q = m->lookups; q; q = q->next)
+		if (strcmp(q->name, host) == 0 && q->cb == cb && q->arg == arg)
+			return 0; /* a retry-join round while the last lookup is under way */
+	if (m->nlookups >= MAX_LOOKUPS)
+		return DG_EBUSY;
+	struct name_join *nj = calloc(1, sizeof(*nj));
+	if (!nj)
+		return DG_ENOMEM;
+	nj->lan = l;
+	snprintf(nj->name, sizeof(nj->name), "%s", host);
+	nj->port = port;
+	nj->cb = cb;
+	nj->arg = arg;
+	nj->req.data = nj;
+	struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM};
+	int rv = uv_getaddrinfo(&l->loop, &nj->req, name_resolved, nj->name, NULL, &hints);
+	if (rv != 0) {
+		free(nj);
+		return DG_EIO;
+	}
+	nj->next = m->lookups;
+	m->lookups = nj;
+	m->nlookups++;
+	return 0;
+}
+
 static int start_join(dg_lan *l, const char *addr, dg_lan_done_fn cb, void *arg)
 {
 	struct dg__members *m = l->members;
-	char host[64];
+	char host[256];
 	uint16_t port;
-	if (!split_addr(l, addr, host, sizeof(host), &port))
+	bool name;
+	if (!split_addr(l, addr, host, sizeof(host), &port, &name))
 		return DG_EINVAL;
+	if (name)
+		return start_lookup(l, host, port, cb, arg);
 	struct pending_join *j = calloc(1, sizeof(*j));
 	if (!j)
 		return DG_ENOMEM;
@@ -653,7 +762,10 @@ static void join_task_run(dg_lan *l, void *arg, bool cancelled)
 	struct join_task *t = arg;
 	int rv = cancelled || !l->members ? DG_ESHUTDOWN : start_join(l, t->addr, t->cb, t->arg);
 	if (rv != 0 && t->cb)
-		t->cb(t->arg, rv, rv == DG_EINVAL ? "not an IPv4 address" : dg_strerror(rv));
+		t->cb(t->arg, rv,
+		      rv == DG_EINVAL   ? "not an IPv4 address or host name"
+		      : rv == DG_EBUSY ? "too many host-name lookups under way"
+					 : dg_strerror(rv));
 	free(t);
 }
 
@@ -739,7 +851,8 @@ void dg__members_tick(dg_lan *l, uint64_t now)
 		m->next_retry_ms = now + RETRY_JOIN_MS;
 		for (size_t i = 0; i < m->nretry; i++)
 			if (start_join(l, m->retry[i], retry_joined, l) == DG_EINVAL)
-				DG_LOGW(MEM, "retry-join: \"%s\" is not an IPv4 address", m->retry[i]);
+				DG_LOGW(MEM, "retry-join: \"%s\" is not an IPv4 address or host name",
+					m->retry[i]);
 	}
 	if (m->leaving && !m->leave_posted && dg_gossip_leave_done(m->g)) {
 		m->leave_posted = true;
@@ -820,7 +933,7 @@ int dg__members_start(dg_lan *l, char *msg, size_t len)
 	}
 	for (const char *const *a = l->cfg.join; a && *a; a++)
 		if (start_join(l, *a, join_logged, (void *)*a) == DG_EINVAL)
-			DG_LOGW(MEM, "join: \"%s\" is not an IPv4 address", *a);
+			DG_LOGW(MEM, "join: \"%s\" is not an IPv4 address or host name", *a);
 	publish(l);
 	return 0;
 }
@@ -831,6 +944,10 @@ void dg__members_stop(dg_lan *l)
 	if (!m)
 		return;
 	finish_joins(l, NULL, DG_ESHUTDOWN, "shutting down");
+	/* lookups not started end now; one under way ends with its lookup (the loop waits) */
+	m->stopped = true;
+	for (struct name_join *nj = m->lookups; nj; nj = nj->next)
+		uv_cancel((uv_req_t *)&nj->req);
 	if (m->leaving && !m->leave_posted) {
 		m->leave_posted = true;
 		sem_post(&l->left);

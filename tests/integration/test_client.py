@@ -187,5 +187,55 @@ class LoneClientTest(unittest.TestCase):
             c.close()
 
 
+class NamedClient(ClientAgent):
+    """A client agent whose /etc/hosts is its own (a mount namespace: unshare -m and a bind
+    mount), so that a host name stands for a server's 127.0.0.x address as DNS would."""
+
+    def __init__(self, join, hosts, **kw):
+        super().__init__(join, **kw)
+        self.hosts = hosts
+
+    def argv(self):
+        path = os.path.join(self.tmpdir, "hosts")
+        with open(path, "w") as f:
+            f.write("127.0.0.1 localhost\n")
+            for name, addr in self.hosts.items():
+                f.write("%s %s\n" % (addr, name))
+        return ["unshare", "-m", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"',
+                path] + super().argv()
+
+
+class HostNameJoinTest(unittest.TestCase):
+    """-retry-join and PUT /v1/agent/join take host names as Consul does (looked up off the
+    loop thread); a name that does not resolve is refused with the reason and nothing joins."""
+
+    def test_join_by_host_name(self):
+        cluster = Cluster(1)
+        c = None
+        try:
+            cluster.start()
+            first = cluster.servers[0]
+            c = NamedClient("dcgate-first.test", {"dcgate-first.test": first.addr}, node="named")
+            c.start(wait=False)
+            wait_until(lambda: c.get("/v1/status/leader").status == 200, WAIT,
+                       what="the client reaching the server it joined by name")
+            wait_until(lambda: {m["Name"] for m in first.get("/v1/agent/members").json()}
+                       >= {"named", first.node}, WAIT, what="the server listing the client")
+            # name:port through the API: the same server, looked up again
+            r = c.put("/v1/agent/join/dcgate-first.test:8301")
+            self.assertEqual(r.status, 200, r)
+            r = c.put("/v1/agent/join/no-such-server.invalid")
+            self.assertEqual(r.status, 500, r)
+            self.assertIn("cannot resolve no-such-server.invalid", r.text)
+            r = c.put("/v1/agent/join/bad_name!")
+            self.assertEqual(r.status, 500, r)
+            self.assertEqual(len(first.get("/v1/agent/members").json()), 2)
+            self.assertTrue(c.running())
+        finally:
+            if c:
+                c.close()
+            cluster.close()
+
+
 if __name__ == "__main__":
     unittest.main()
