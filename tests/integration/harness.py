@@ -370,9 +370,15 @@ class Cluster:
             raise
 
     def start(self, timeout=LEADER_TIMEOUT):
-        for s in self.servers:
-            s.start(wait=False)
-        self.wait_leader(timeout)
+        """Starts every server and waits for one leader; on any failure the servers are stopped
+        (so a setUp can be `self.cluster = Cluster(3).start()`)."""
+        try:
+            for s in self.servers:
+                s.start(wait=False)
+            self.wait_leader(timeout)
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def running(self):
@@ -413,6 +419,20 @@ class Cluster:
     def close(self):
         for s in self.servers:
             s.close()
+
+
+def wait_members_alive(agent, names, timeout, skip_left=False):
+    """Waits until agent's /v1/agent/members lists exactly names, all alive (status 1); with
+    skip_left, members that left (status 3) are not counted. Returns {name: member}."""
+    names = set(names)
+
+    def alive():
+        r = agent.get("/v1/agent/members", timeout=5)
+        ms = {m["Name"]: m for m in (r.json() if r.status == 200 else [])
+              if not (skip_left and m["Status"] == 3)}
+        return ms if set(ms) == names and all(m["Status"] == 1 for m in ms.values()) else None
+
+    return wait_until(alive, timeout, 0.2, "%s to list %s alive" % (agent.node, sorted(names)))
 
 
 def wait_until(fn, timeout, interval=0.2, what="condition"):

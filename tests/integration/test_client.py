@@ -15,7 +15,7 @@ import unittest
 
 import consul
 
-from harness import ClientAgent, Cluster, wait_until
+from harness import ClientAgent, Cluster, wait_members_alive, wait_until
 
 SLOW = os.environ.get("DCGATE_SANITIZED") == "1"
 WAIT = 60.0 if SLOW else 20.0
@@ -59,14 +59,10 @@ class ClientAgentTest(unittest.TestCase):
     def test_members_on_every_agent(self):
         names = {a.node for a in self.everyone()}
         for a in self.everyone():
-            def all_alive():
-                # (a client agent that left in another test stays listed as left, status 3)
-                ms = {m["Name"]: m for m in a.get("/v1/agent/members").json()
-                      if m["Status"] != 3}
-                return set(ms) == names and all(m["Status"] == 1 for m in ms.values()) and ms
             # a client agent restarted by another test may be seen failed by some members until
-            # it refutes that or the next push-pull (every 30 s) carries it: the bound is that
-            ms = wait_until(all_alive, WAIT + 30, what="8 alive members on %s" % a.node)
+            # it refutes that or the next push-pull (every 30 s) carries it: the bound is that.
+            # (a client agent that left in another test stays listed as left, status 3)
+            ms = wait_members_alive(a, names, WAIT + 30, skip_left=True)
             self.assertEqual(sorted(n for n, m in ms.items() if m["Tags"]["role"] == "node"),
                              sorted(c.node for c in self.clients))
         # every client agent's node is in the catalog with serfHealth passing

@@ -15,7 +15,7 @@ import threading
 import time
 import unittest
 
-from harness import Cluster, Server, dcgate_bin, quote, wait_until, LEADER_TIMEOUT
+from harness import Cluster, Server, dcgate_bin, quote, wait_members_alive, wait_until, LEADER_TIMEOUT
 
 SLOW = os.environ.get("DCGATE_SANITIZED") == "1"
 WAIT = 60.0 if SLOW else 20.0
@@ -59,12 +59,7 @@ class ClusterTest(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.cluster = Cluster(3)
-        try:
-            cls.cluster.start()
-        except Exception:
-            cls.cluster.close()
-            raise
+        cls.cluster = Cluster(3).start()
 
     @classmethod
     def tearDownClass(cls):
@@ -74,9 +69,7 @@ class ClusterTest(unittest.TestCase):
         c = self.cluster
         names = {s.node for s in c.servers}
         for s in c.servers:
-            ms = wait_until(lambda: (lambda m: m if set(m) == names and
-                                     all(x["Status"] == 1 for x in m.values()) else None)(members(s)),
-                            WAIT, what="3 alive members on %s" % s.node)
+            ms = wait_members_alive(s, names, WAIT)
             for name, m in ms.items():
                 self.assertEqual(m["Tags"]["role"], "consul")
                 self.assertEqual(m["Tags"]["dc"], "dc1")
@@ -168,12 +161,7 @@ class LeaderFailureTest(unittest.TestCase):
     """kill -9 of the leader under a stream of writes from several clients."""
 
     def setUp(self):
-        self.cluster = Cluster(3)
-        try:
-            self.cluster.start()
-        except Exception:
-            self.cluster.close()
-            raise
+        self.cluster = Cluster(3).start()
 
     def tearDown(self):
         self.cluster.close()
@@ -256,12 +244,7 @@ class CutOffTest(unittest.TestCase):
     a server that missed writes while frozen catches up."""
 
     def setUp(self):
-        self.cluster = Cluster(3)
-        try:
-            self.cluster.start()
-        except Exception:
-            self.cluster.close()
-            raise
+        self.cluster = Cluster(3).start()
 
     def tearDown(self):
         for s in self.cluster.servers:
@@ -345,12 +328,7 @@ class RaftSnapshotTest(unittest.TestCase):
     and a server restarted with its data dir starts from its snapshot."""
 
     def setUp(self):
-        self.cluster = Cluster(3, config={"raft_snapshot_threshold": 64})
-        try:
-            self.cluster.start()
-        except Exception:
-            self.cluster.close()
-            raise
+        self.cluster = Cluster(3, config={"raft_snapshot_threshold": 64}).start()
 
     def tearDown(self):
         for s in self.cluster.servers:

@@ -28,7 +28,7 @@ import subprocess
 import tempfile
 import unittest
 
-from harness import LEADER_TIMEOUT, ClientAgent, Cluster, wait_until
+from harness import LEADER_TIMEOUT, ClientAgent, Cluster, wait_members_alive, wait_until
 from test_tls_matrix import CA, tls_config
 
 WAIT = 30.0
@@ -104,11 +104,7 @@ class ClusterTLSTest(unittest.TestCase):
     def test_members_everywhere_and_tags(self):
         names = sorted(a.node for a in self.agents())
         for a in self.agents():
-            def all_alive():
-                r = a.get("/v1/agent/members", timeout=5)
-                ms = r.json() if r.status == 200 else []
-                return sorted(m["Name"] for m in ms if m["Status"] == 1) == names
-            wait_until(all_alive, WAIT, 0.2, "%s to list %s alive" % (a.node, names))
+            wait_members_alive(a, names, WAIT)
         ms = {m["Name"]: m for m in self.leader.get("/v1/agent/members").json()}
         for s in self.cluster.servers:
             self.assertEqual(ms[s.node]["Tags"].get("rpc_tls_port"), str(RPC_TLS_PORT), ms[s.node])
