@@ -455,6 +455,29 @@ static int cli_usage_error(struct cli *c, const char *usage, const char *fmt, ..
 	return CLI_FAIL;
 }
 
+/* A command's subcommand by name (argv[0]); no name or a flag first: the usage, on stdout for
+ * -h/-help/--help (success) and on stderr otherwise (failure), as Consul's CLI does. */
+struct subcommand {
+	const char *name;
+	int (*run)(struct cli *c, int argc, char **argv);
+};
+
+static int run_subcommand(struct cli *c, int argc, char **argv, const char *usage,
+			  const char *command, const struct subcommand *subs, size_t n)
+{
+	if (argc < 1 || argv[0][0] == '-') {
+		bool help =
+		    argc >= 1 && (strcmp(argv[0], "-h") == 0 || strcmp(argv[0], "-help") == 0 ||
+				  strcmp(argv[0], "--help") == 0);
+		fputs(usage, help ? c->out : c->err);
+		return help ? CLI_OK : CLI_FAIL;
+	}
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(argv[0], subs[i].name) == 0)
+			return subs[i].run(c, argc - 1, argv + 1);
+	return cli_usage_error(c, usage, "Unknown %s subcommand: %s", command, argv[0]);
+}
+
 /* ------------------------------------------------------------------------------------------------
  * Talking to the agent
  */
@@ -1404,20 +1427,12 @@ out_args:
 
 static int cmd_catalog(struct cli *c, int argc, char **argv)
 {
-	if (argc < 1 || argv[0][0] == '-') {
-		bool help =
-		    argc >= 1 && (strcmp(argv[0], "-h") == 0 || strcmp(argv[0], "-help") == 0 ||
-				  strcmp(argv[0], "--help") == 0);
-		fputs(usage_catalog, help ? c->out : c->err);
-		return help ? CLI_OK : CLI_FAIL;
-	}
-	if (strcmp(argv[0], "datacenters") == 0)
-		return cmd_catalog_datacenters(c, argc - 1, argv + 1);
-	if (strcmp(argv[0], "nodes") == 0)
-		return cmd_catalog_nodes(c, argc - 1, argv + 1);
-	if (strcmp(argv[0], "services") == 0)
-		return cmd_catalog_services(c, argc - 1, argv + 1);
-	return cli_usage_error(c, usage_catalog, "Unknown catalog subcommand: %s", argv[0]);
+	static const struct subcommand subs[] = {
+		{"datacenters", cmd_catalog_datacenters},
+		{"nodes", cmd_catalog_nodes},
+		{"services", cmd_catalog_services},
+	};
+	return run_subcommand(c, argc, argv, usage_catalog, "catalog", subs, sizeof(subs) / sizeof(subs[0]));
 }
 
 /* ------------------------------------------------------------------------------------------------
@@ -1862,20 +1877,12 @@ out_args:
 
 static int cmd_kv(struct cli *c, int argc, char **argv)
 {
-	if (argc < 1 || argv[0][0] == '-') {
-		bool help =
-		    argc >= 1 && (strcmp(argv[0], "-h") == 0 || strcmp(argv[0], "-help") == 0 ||
-				  strcmp(argv[0], "--help") == 0);
-		fputs(usage_kv, help ? c->out : c->err);
-		return help ? CLI_OK : CLI_FAIL;
-	}
-	if (strcmp(argv[0], "get") == 0)
-		return cmd_kv_get(c, argc - 1, argv + 1);
-	if (strcmp(argv[0], "put") == 0)
-		return cmd_kv_put(c, argc - 1, argv + 1);
-	if (strcmp(argv[0], "delete") == 0)
-		return cmd_kv_delete(c, argc - 1, argv + 1);
-	return cli_usage_error(c, usage_kv, "Unknown kv subcommand: %s", argv[0]);
+	static const struct subcommand subs[] = {
+		{"get", cmd_kv_get},
+		{"put", cmd_kv_put},
+		{"delete", cmd_kv_delete},
+	};
+	return run_subcommand(c, argc, argv, usage_kv, "kv", subs, sizeof(subs) / sizeof(subs[0]));
 }
 
 /* ------------------------------------------------------------------------------------------------
@@ -2235,18 +2242,11 @@ out:
 
 static int cmd_services(struct cli *c, int argc, char **argv)
 {
-	if (argc < 1 || argv[0][0] == '-') {
-		bool help =
-		    argc >= 1 && (strcmp(argv[0], "-h") == 0 || strcmp(argv[0], "-help") == 0 ||
-				  strcmp(argv[0], "--help") == 0);
-		fputs(usage_services, help ? c->out : c->err);
-		return help ? CLI_OK : CLI_FAIL;
-	}
-	if (strcmp(argv[0], "register") == 0)
-		return cmd_services_register(c, argc - 1, argv + 1);
-	if (strcmp(argv[0], "deregister") == 0)
-		return cmd_services_deregister(c, argc - 1, argv + 1);
-	return cli_usage_error(c, usage_services, "Unknown services subcommand: %s", argv[0]);
+	static const struct subcommand subs[] = {
+		{"register", cmd_services_register},
+		{"deregister", cmd_services_deregister},
+	};
+	return run_subcommand(c, argc, argv, usage_services, "services", subs, sizeof(subs) / sizeof(subs[0]));
 }
 
 /* ------------------------------------------------------------------------------------------------
@@ -3068,20 +3068,12 @@ out_args:
 
 static int cmd_snapshot(struct cli *c, int argc, char **argv)
 {
-	if (argc < 1 || argv[0][0] == '-') {
-		bool help =
-		    argc >= 1 && (strcmp(argv[0], "-h") == 0 || strcmp(argv[0], "-help") == 0 ||
-				  strcmp(argv[0], "--help") == 0);
-		fputs(usage_snapshot, help ? c->out : c->err);
-		return help ? CLI_OK : CLI_FAIL;
-	}
-	if (strcmp(argv[0], "save") == 0)
-		return cmd_snapshot_save(c, argc - 1, argv + 1);
-	if (strcmp(argv[0], "restore") == 0)
-		return cmd_snapshot_restore(c, argc - 1, argv + 1);
-	if (strcmp(argv[0], "inspect") == 0)
-		return cmd_snapshot_inspect(c, argc - 1, argv + 1);
-	return cli_usage_error(c, usage_snapshot, "Unknown snapshot subcommand: %s", argv[0]);
+	static const struct subcommand subs[] = {
+		{"save", cmd_snapshot_save},
+		{"restore", cmd_snapshot_restore},
+		{"inspect", cmd_snapshot_inspect},
+	};
+	return run_subcommand(c, argc, argv, usage_snapshot, "snapshot", subs, sizeof(subs) / sizeof(subs[0]));
 }
 
 /* ------------------------------------------------------------------------------------------------
