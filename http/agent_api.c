@@ -1578,6 +1578,10 @@ static int agent_metrics(struct dg_req *r)
 	    {"dcgate.raft.writes_rejected", "Writes refused before raft (no leader, shutdown).",
 	     true, (double)ls.writes_rejected},
 	    {"dcgate.raft.snapshots", "Raft snapshots taken.", true, (double)ls.snapshots},
+	    {"dcgate.raft.forward_batches", "Requests that took several writes to the leader.",
+	     true, (double)ls.forward_batches},
+	    {"dcgate.raft.forward_batched", "Writes sent to the leader in those requests.", true,
+	     (double)ls.forward_batched},
 	    {"dcgate.checks.runs", "TCP and HTTP check probes started.", true,
 	     (double)ls.check_runs},
 	};

@@ -23,7 +23,12 @@ enum {
 	DG_RPC_RAFT = 0xC3,	   /* a raft membership change for the leader: JSON text */
 	DG_RPC_WRITE_RELAY = 0xC5, /* a client agent's write: as 0xC1, passed on to the leader */
 	DG_RPC_HTTP = 0xC6,	   /* a client agent's HTTP request (wan/msg.h HTTP) for a server */
+	DG_RPC_WRITE_BATCH = 0xC7, /* a follower's writes of one loop turn for the leader: a JSON
+				    * array of commands; answered {"Status":0,"Results":[{"Status",
+				    * "Result","Index"}..]}, one for each, in order */
 };
+/* Bytes of commands a follower gathers into one DG_RPC_WRITE_BATCH at most (raft.c fwd_add) */
+#define DG_RPC_BATCH_BYTES (1024 * 1024)
 /* One request or answer on 8301: a push-pull of the most members with room for framing. */
 #define DG_RPC_MAX_MSG (DG_GOSSIP_STREAM_MAX + 64 * 1024)
 /* How long a forwarded write may take, and how long a write waits for a leader to be known
@@ -92,6 +97,8 @@ struct write_req {
 	json_t *result;
 	uint64_t applied_index;	 /* the raft index the leader applied it at */
 	bool wait_local;	 /* forwarded: answer once applied here too */
+	struct write_fanin *fanin; /* came in a DG_RPC_WRITE_BATCH: answered in its slot */
+	size_t fanin_slot;
 };
 
 struct dg__agent;
@@ -144,6 +151,10 @@ struct dg_lan {
 #define BATCH_MAX 256
 	struct write_req *batch[BATCH_MAX]; /* the leader's writes of this loop turn (raft.c) */
 	size_t nbatch;
+	/* a follower's writes for the leader gathered in this loop turn, each encoded (raft.c) */
+	struct write_req *fwd[BATCH_MAX];
+	char *fwd_text[BATCH_MAX];
+	size_t nfwd, fwd_bytes;
 	uv_check_t batch_check;
 	char leader_rpc[96];		    /* the leader's 8301 address, "" unknown */
 	bool leader_known_loop;
@@ -210,6 +221,9 @@ int dg__rpc_call_json(dg_lan *l, const char *addr, uint8_t kind, json_t *j, unsi
  * is out (lan/rpc.c held_move_on). */
 int dg__rpc_call_json_leader(dg_lan *l, const char *addr, uint8_t kind, json_t *j,
 			     unsigned timeout_ms, dg_rpc_done_fn cb, void *arg);
+/* The same with the request's bytes as they are (first byte the kind). */
+int dg__rpc_call_leader(dg_lan *l, const char *addr, const void *buf, size_t len,
+			unsigned timeout_ms, dg_rpc_done_fn cb, void *arg);
 /* Answers with DG_RPC_WRITE_REPLY and ans (consumed; NULL: an empty answer). */
 void dg__rpc_reply_json(struct rpc_in *in, json_t *ans);
 /* The JSON of a DG_RPC_WRITE_REPLY answer (the caller's to decref; NULL when it is not one) and

@@ -103,6 +103,8 @@ struct dg_lan_stats {
 	uint64_t checks_running;
 	uint64_t check_runs;
 	uint64_t snapshots;
+	uint64_t forward_batches; /* DG_RPC_WRITE_BATCH requests sent to the leader */
+	uint64_t forward_batched; /* writes they carried */
 };
 void dg_lan_stats(dg_lan *l, struct dg_lan_stats *out);
 

@@ -135,12 +135,14 @@ static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
 
 /* ---- writes ---- */
 
+static bool answer_forwarded(struct write_req *w, int status, json_t *result, uint64_t index);
+
 /* A write the leader applied (raft status 0) or lost, answered and freed; res is given. */
 static void write_applied(struct write_req *w, int status, json_t *res, uint64_t index)
 {
 	int st = status == 0 ? 0 : DG_ENOLEADER;
-	if (w->reply_to)
-		answer_write(w->reply_to, st, res, index);
+	if (answer_forwarded(w, st, res, index))
+		;
 	else if (w->cb)
 		w->cb(w->arg, st, res);
 	else
@@ -203,8 +205,8 @@ static void write_fail(dg_lan *l, struct write_req *w, int rv)
 	pthread_mutex_lock(&l->mu);
 	l->stats.writes_rejected++;
 	pthread_mutex_unlock(&l->mu);
-	if (w->reply_to)
-		answer_write(w->reply_to, rv, NULL, 0);
+	if (answer_forwarded(w, rv, NULL, 0))
+		;
 	else if (w->cb)
 		w->cb(w->arg, rv, NULL);
 	json_decref(w->cmd);
@@ -249,8 +251,8 @@ static void forward_answer(dg_lan *l, void *arg, bool cancelled)
 
 static void write_done(struct write_req *w)
 {
-	if (w->reply_to)
-		answer_write(w->reply_to, w->status, w->result, w->applied_index);
+	if (answer_forwarded(w, w->status, w->result, w->applied_index))
+		;
 	else if (w->cb)
 		w->cb(w->arg, w->status, w->result);
 	else
@@ -286,15 +288,133 @@ static void forward_done(void *arg, int err, const uint8_t *buf, size_t len)
 	}
 }
 
-/* Sends a write to the leader's 8301: it proposes it and answers with its result. */
-static void forward(dg_lan *l, struct write_req *w)
+/* ---- a follower's writes for the leader ----
+ * The writes of one loop turn go to the leader's 8301 together, as one DG_RPC_WRITE_BATCH (one
+ * alone as DG_RPC_WRITE): under load this takes one request and one answer through nng for many
+ * writes instead of one each (via a follower at concurrency 64, 5,700 puts/s were bound by
+ * them). The leader proposes each as it would one forwarded alone and answers each in its slot;
+ * each answer is then taken as forward_done takes one (a DG_EBUSY is held and sent again). */
+
+struct fwd_batch {
+	dg_lan *lan;
+	size_t n;
+	struct write_req *w[];
+};
+
+static void fwd_batch_answer(dg_lan *l, void *arg, bool cancelled)
 {
-	int rv = dg__rpc_call_json_leader(l, l->leader_rpc, DG_RPC_WRITE, w->cmd,
-					  DG_RPC_WRITE_TIMEOUT_MS, forward_done, w);
-	if (rv == DG_EOF) /* the leader's link went (it died, most likely): not sent, wait */
-		hold(l, w);
-	else if (rv != 0)
-		write_fail(l, w, rv);
+	struct fwd_batch *b = arg;
+	for (size_t i = 0; i < b->n; i++)
+		forward_answer(l, b->w[i], cancelled);
+	free(b);
+}
+
+static void fwd_batch_done(void *arg, int err, const uint8_t *buf, size_t len)
+{
+	struct fwd_batch *b = arg;
+	json_t *ans = NULL, *results = NULL;
+	if (err == 0) {
+		ans = dg__rpc_answer_json(buf, len, &err);
+		results = json_object_get(ans, "Results");
+		if (err == 0 && (!json_is_array(results) || json_array_size(results) != b->n))
+			err = DG_EIO;
+	}
+	for (size_t i = 0; i < b->n; i++) {
+		struct write_req *w = b->w[i];
+		json_t *one = err == 0 ? json_array_get(results, i) : NULL;
+		json_t *st = json_object_get(one, "Status");
+		json_t *res = json_object_get(one, "Result");
+		w->status = err != 0 ? err : json_is_integer(st) ? (int)json_integer_value(st) : DG_EIO;
+		w->applied_index = (uint64_t)json_integer_value(json_object_get(one, "Index"));
+		w->result = res && !json_is_null(res) ? json_incref(res) : NULL;
+	}
+	json_decref(ans);
+	if (dg__lan_post(b->lan, fwd_batch_answer, b) != 0) {
+		/* the loop is gone: answer here (write callbacks are safe on any thread) */
+		for (size_t i = 0; i < b->n; i++) {
+			struct write_req *w = b->w[i];
+			if (w->cb)
+				w->cb(w->arg, DG_ESHUTDOWN, NULL);
+			json_decref(w->result);
+			json_decref(w->cmd);
+			free(w);
+		}
+		free(b);
+	}
+}
+
+/* Sends what fwd_add gathered (loop thread: the check phase, or before a full batch grows). */
+static void fwd_flush(dg_lan *l)
+{
+	size_t n = l->nfwd;
+	if (n == 0)
+		return;
+	l->nfwd = 0;
+	l->fwd_bytes = 0;
+	struct dg_buf b;
+	dg_buf_init(&b);
+	uint8_t kind = n == 1 ? DG_RPC_WRITE : DG_RPC_WRITE_BATCH;
+	int rv = dg_buf_append(&b, &kind, 1);
+	for (size_t i = 0; i < n; i++) {
+		if (rv == 0 && n > 1)
+			rv = dg_buf_append(&b, i == 0 ? "[" : ",", 1);
+		if (rv == 0)
+			rv = dg_buf_append(&b, l->fwd_text[i], strlen(l->fwd_text[i]));
+		free(l->fwd_text[i]);
+	}
+	if (rv == 0 && n > 1)
+		rv = dg_buf_append(&b, "]", 1);
+	struct fwd_batch *fb = NULL;
+	if (rv == 0 && !l->leader_rpc[0])
+		rv = DG_EOF; /* this server has just been elected: each is held, then proposed here */
+	if (rv == 0 && n == 1) {
+		rv = dg__rpc_call_leader(l, l->leader_rpc, b.data, b.len, DG_RPC_WRITE_TIMEOUT_MS,
+					 forward_done, l->fwd[0]);
+	} else if (rv == 0) {
+		fb = malloc(sizeof(*fb) + n * sizeof(fb->w[0]));
+		if (!fb) {
+			rv = DG_ENOMEM;
+		} else {
+			fb->lan = l;
+			fb->n = n;
+			memcpy(fb->w, l->fwd, n * sizeof(fb->w[0]));
+			rv = dg__rpc_call_leader(l, l->leader_rpc, b.data, b.len,
+						 DG_RPC_WRITE_TIMEOUT_MS, fwd_batch_done, fb);
+			if (rv == 0) {
+				pthread_mutex_lock(&l->mu);
+				l->stats.forward_batches++;
+				l->stats.forward_batched += n;
+				pthread_mutex_unlock(&l->mu);
+			}
+		}
+	}
+	dg_buf_fini(&b);
+	if (rv == 0)
+		return;
+	free(fb);
+	for (size_t i = 0; i < n; i++) {
+		if (rv == DG_EOF) /* the leader's link went (it died, most likely): not sent, wait */
+			hold(l, l->fwd[i]);
+		else
+			write_fail(l, l->fwd[i], rv);
+	}
+}
+
+/* Gathers a write for the leader, encoded now (so that a batch stays under
+ * DG_RPC_BATCH_BYTES); sent by fwd_flush at the end of this loop turn. */
+static void fwd_add(dg_lan *l, struct write_req *w)
+{
+	char *text = json_dumps(w->cmd, JSON_COMPACT);
+	if (!text) {
+		write_fail(l, w, DG_ENOMEM);
+		return;
+	}
+	size_t len = strlen(text);
+	if (l->nfwd == BATCH_MAX || (l->nfwd > 0 && l->fwd_bytes + len > DG_RPC_BATCH_BYTES))
+		fwd_flush(l);
+	l->fwd[l->nfwd] = w;
+	l->fwd_text[l->nfwd++] = text;
+	l->fwd_bytes += len + 1;
 }
 
 static void hold(dg_lan *l, struct write_req *w)
@@ -316,7 +436,7 @@ static void hold(dg_lan *l, struct write_req *w)
 
 static void submit(dg_lan *l, struct write_req *w)
 {
-	if (!w->reply_to && !w->hold_until_ms)
+	if (!w->reply_to && !w->fanin && !w->hold_until_ms)
 		dg__agent_before_write(l, w->cmd);
 	if (!l->cfg.server) {
 		dg__client_apply(l, w);
@@ -329,7 +449,7 @@ static void submit(dg_lan *l, struct write_req *w)
 			return;
 		}
 		if (l->leader_rpc[0])
-			forward(l, w);
+			fwd_add(l, w);
 		else
 			hold(l, w);
 		return;
@@ -434,6 +554,7 @@ static void batch_flush(dg_lan *l)
 static void batch_check_cb(uv_check_t *h)
 {
 	batch_flush(h->data);
+	fwd_flush(h->data);
 }
 
 /* Writes held while no leader was known: sent once one is, failed once held too long. */
@@ -483,6 +604,84 @@ static void answer_write(void *arg, int status, json_t *result, uint64_t index)
 
 static void serve_raft_change(dg_lan *l, struct rpc_in *in, json_t *req);
 
+/* The writes of one DG_RPC_WRITE_BATCH, answered together once each has its answer. */
+struct write_fanin {
+	struct rpc_in *in;
+	size_t pending;
+	json_t *results; /* [{"Status","Result","Index"}..], in the request's order */
+};
+
+static void fanin_set(struct write_fanin *f, size_t slot, int status, json_t *result,
+		      uint64_t index)
+{
+	json_array_set_new(f->results, slot,
+			   json_pack("{s:i, s:O?, s:I}", "Status", status, "Result", result, "Index",
+				     (json_int_t)index));
+	json_decref(result);
+	if (--f->pending > 0)
+		return;
+	dg__rpc_reply_json(f->in, json_pack("{s:i, s:o}", "Status", 0, "Results", f->results));
+	free(f);
+}
+
+/* A write that came from another server, answered there (alone or in its batch's slot);
+ * result is consumed. False for a write of this server's own. */
+static bool answer_forwarded(struct write_req *w, int status, json_t *result, uint64_t index)
+{
+	if (w->reply_to)
+		answer_write(w->reply_to, status, result, index);
+	else if (w->fanin)
+		fanin_set(w->fanin, w->fanin_slot, status, result, index);
+	else
+		return false;
+	return true;
+}
+
+static void serve_write_batch(dg_lan *l, struct rpc_in *in, json_t *cmds)
+{
+	size_t n = json_array_size(cmds);
+	struct write_fanin *f = calloc(1, sizeof(*f));
+	if (!f || !(f->results = json_array())) {
+		free(f);
+		json_decref(cmds);
+		dg__rpc_reply(in, NULL, 0);
+		return;
+	}
+	f->in = in;
+	f->pending = n;
+	for (size_t i = 0; i < n; i++)
+		json_array_append_new(f->results, json_null());
+	for (size_t i = 0; i < n; i++) {
+		struct write_req *w = calloc(1, sizeof(*w));
+		if (!w) {
+			fanin_set(f, i, DG_ENOMEM, NULL, 0);
+			continue;
+		}
+		w->lan = l;
+		w->cmd = json_incref(json_array_get(cmds, i));
+		w->fanin = f;
+		w->fanin_slot = i;
+		w->forwarded = true; /* a server's: for the leader only */
+		submit(l, w);
+	}
+	json_decref(cmds);
+}
+
+/* A batch's commands: 1 to 4 * BATCH_MAX objects (a sender gathers at most BATCH_MAX). */
+static bool valid_batch(json_t *cmds)
+{
+	size_t i, n = json_array_size(cmds);
+	json_t *c;
+	if (!json_is_array(cmds) || n == 0 || n > 4 * BATCH_MAX)
+		return false;
+	json_array_foreach(cmds, i, c)
+	{
+		if (!json_is_object(c))
+			return false;
+	}
+	return true;
+}
+
 static void handle_rpc(dg_lan *l, void *arg, bool cancelled)
 {
 	struct rpc_in *in = arg;
@@ -497,9 +696,14 @@ static void handle_rpc(dg_lan *l, void *arg, bool cancelled)
 		return;
 	}
 	json_t *req = NULL;
-	if ((buf[0] == DG_RPC_WRITE || buf[0] == DG_RPC_WRITE_RELAY || buf[0] == DG_RPC_RAFT) &&
+	if ((buf[0] == DG_RPC_WRITE || buf[0] == DG_RPC_WRITE_RELAY || buf[0] == DG_RPC_RAFT ||
+	     buf[0] == DG_RPC_WRITE_BATCH) &&
 	    l->cfg.server)
 		req = json_loadb((const char *)buf + 1, len - 1, JSON_REJECT_DUPLICATES, NULL);
+	if (buf[0] == DG_RPC_WRITE_BATCH && valid_batch(req)) {
+		serve_write_batch(l, in, req);
+		return;
+	}
 	if (!json_is_object(req)) {
 		json_decref(req);
 		dg__rpc_reply(in, NULL, 0);
@@ -790,6 +994,11 @@ static void begin_stop(dg_lan *l)
 	for (size_t i = 0; i < l->nbatch; i++)
 		write_fail(l, l->batch[i], DG_ESHUTDOWN);
 	l->nbatch = 0;
+	for (size_t i = 0; i < l->nfwd; i++) {
+		free(l->fwd_text[i]);
+		write_fail(l, l->fwd[i], DG_ESHUTDOWN);
+	}
+	l->nfwd = l->fwd_bytes = 0;
 	run_tasks(l, true);
 	read_waiters_check(l, 0, true);
 	uv_timer_stop(&l->tick);

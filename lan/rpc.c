@@ -103,7 +103,7 @@ static int rpc_err(int nng_rv)
 
 /* ---- serving ---- */
 
-/* A server with verify_incoming takes its own requests (0xC1-0xC6) only over TLS; push-pulls
+/* A server with verify_incoming takes its own requests (0xC1-0xC7) only over TLS; push-pulls
  * (gossip stream packets) come on plain 8301 from any member. The refused request gets an empty
  * answer, which its sender reports as an RPC error. */
 static bool refused_plain(struct rpc_in *in)
@@ -112,7 +112,7 @@ static bool refused_plain(struct rpc_in *in)
 	if (!l->rpc.tls_required || nng_msg_len(in->req) == 0)
 		return false;
 	uint8_t kind = *(uint8_t *)nng_msg_body(in->req);
-	if (kind < DG_RPC_WRITE || kind > DG_RPC_HTTP)
+	if (kind < DG_RPC_WRITE || kind > DG_RPC_WRITE_BATCH)
 		return false;
 	nng_listener from = nng_pipe_listener(nng_msg_get_pipe(in->req));
 	if (nng_listener_id(from) == nng_listener_id(l->rpc.tls_listener))
@@ -471,6 +471,12 @@ int dg__rpc_call_json_leader(dg_lan *l, const char *addr, uint8_t kind, json_t *
 			     unsigned timeout_ms, dg_rpc_done_fn cb, void *arg)
 {
 	return call_json(l, addr, kind, j, timeout_ms, true, cb, arg);
+}
+
+int dg__rpc_call_leader(dg_lan *l, const char *addr, const void *buf, size_t len,
+			unsigned timeout_ms, dg_rpc_done_fn cb, void *arg)
+{
+	return call_start(l, addr, buf, len, timeout_ms, true, cb, arg);
 }
 
 void dg__rpc_reply_json(struct rpc_in *in, json_t *ans)

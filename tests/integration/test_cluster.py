@@ -15,7 +15,7 @@ import threading
 import time
 import unittest
 
-from harness import Cluster, Server, dcgate_bin, quote, wait_members_alive, wait_until, LEADER_TIMEOUT
+from harness import Cluster, Server, dcgate_bin, quote, unb64, wait_members_alive, wait_until, LEADER_TIMEOUT
 
 SLOW = os.environ.get("DCGATE_SANITIZED") == "1"
 WAIT = 60.0 if SLOW else 20.0
@@ -25,6 +25,15 @@ def members(agent):
     r = agent.get("/v1/agent/members")
     assert r.status == 200, r
     return {m["Name"]: m for m in r.json()}
+
+
+def metric(agent, name):
+    """A counter or gauge of /v1/agent/metrics (0 when absent)."""
+    r = agent.get("/v1/agent/metrics")
+    for g in r.json().get("Counters", []) + r.json().get("Gauges", []):
+        if g["Name"] == name:
+            return max(g.get("Count", 0), g.get("Sum", 0), g.get("Value", 0))
+    return 0
 
 
 def peers(agent):
@@ -150,11 +159,45 @@ class ClusterTest(unittest.TestCase):
         r = f.put("/v1/session/renew/00000000-0000-0000-0000-000000000000")
         self.assertEqual(r.status, 404, r)
 
+    def test_concurrent_writes_through_a_follower(self):
+        # a follower sends the writes of one loop turn to the leader together: each still gets
+        # its own answer (a CAS race on one key has exactly one winner) and lands once
+        f = self.cluster.followers()[0]
+        lead = self.cluster.leader()
+        batches = lambda: metric(f, "dcgate.raft.forward_batches")
+        before = batches()
+        results, errors = {}, []
+
+        def writer(t):
+            try:
+                for i in range(15):
+                    r = put(f, "fwd/%02d/%02d" % (t, i), "v%d.%d" % (t, i))
+                    results[(t, i)] = (r.status, r.text.strip())
+                # everyone races to create the same key: one "true", the rest "false"
+                r = f.put("/v1/kv/fwd-race", body=b"t%d" % t, params={"cas": "0"})
+                results[(t, "race")] = (r.status, r.text.strip())
+            except Exception as e:  # reported below: a thread cannot fail the test itself
+                errors.append(repr(e))
+
+        threads = [threading.Thread(target=writer, args=(t,)) for t in range(24)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(60)
+        self.assertEqual(errors, [])
+        self.assertEqual({k: v for k, v in results.items() if k[1] != "race" and v != (200, "true")}, {})
+        race = [v for k, v in results.items() if k[1] == "race"]
+        self.assertEqual(len(race), 24)
+        self.assertEqual(sorted(race), [(200, "false")] * 23 + [(200, "true")], race)
+        keys = {e["Key"]: unb64(e["Value"]).decode() for e in lead.get("/v1/kv/fwd/", params={"recurse": ""}).json()}
+        self.assertEqual(keys, {"fwd/%02d/%02d" % (t, i): "v%d.%d" % (t, i) for t in range(24) for i in range(15)})
+        self.assertGreater(batches(), before, "no write went to the leader in a batch")
+
     def test_join_refused_for_bad_address(self):
         s = self.cluster.servers[0]
-        r = s.put("/v1/agent/join/not-an-address")
+        r = s.put("/v1/agent/join/not_an_address")  # neither an address nor a host name
         self.assertEqual(r.status, 500)
-        self.assertIn("Failed to join not-an-address", r.text)
+        self.assertIn("Failed to join not_an_address", r.text)
 
 
 class LeaderFailureTest(unittest.TestCase):
@@ -337,11 +380,7 @@ class RaftSnapshotTest(unittest.TestCase):
         self.cluster.close()
 
     def snapshots(self, s):
-        r = s.get("/v1/agent/metrics")
-        for g in r.json().get("Counters", []) + r.json().get("Gauges", []):
-            if g["Name"] == "dcgate.raft.snapshots":
-                return max(g.get("Count", 0), g.get("Sum", 0), g.get("Value", 0))
-        return 0
+        return metric(s, "dcgate.raft.snapshots")
 
     def test_snapshot_install_and_restart(self):
         c = self.cluster
