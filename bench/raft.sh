@@ -19,7 +19,8 @@
 # behind each). Everything started is stopped on exit (trap), by pid. Missed targets print MISS
 # and exit 0; the exit status is non-zero only when something broke (etcd did not come up, a
 # server died, a write got anything but a success, a tool failed or timed out).
-# Knobs: RAFT_SERVERS (1 or 3, default 3), BENCH_RAFT_DURATION (s per run, 10),
+# Knobs: RAFT_SERVERS (1 or 3, default 3), BENCH_RAFT_DURATION (s per figure, 10, split into
+# BENCH_RAFT_SLICES alternating slices of etcd and dcgate, 3, each figure their median),
 # BENCH_RAFT_VALUE (value bytes, 128), BENCH_KEEP=1 keeps the temp dir.
 set -uo pipefail
 
@@ -33,6 +34,7 @@ SERVERS=${RAFT_SERVERS:-3}
 DURATION=${BENCH_RAFT_DURATION:-10}
 VALUE_SIZE=${BENCH_RAFT_VALUE:-128}
 CONCS=(1 16 64) # the issue's
+SLICES=${BENCH_RAFT_SLICES:-3} # alternating slices of each run (measure)
 WARMUP=2        # s, at concurrency 16, once for each system before the timed runs
 ETCD_ADDRS=(127.0.0.201 127.0.0.202 127.0.0.203)
 DG_ALL=(127.0.0.211 127.0.0.212 127.0.0.213)
@@ -54,7 +56,7 @@ if [ "$SERVERS" != 1 ] && [ "$SERVERS" != 3 ]; then
 	echo "bench: raft: RAFT_SERVERS must be 1 or 3 (got '$SERVERS')" >&2
 	exit 2
 fi
-for v in DURATION VALUE_SIZE; do
+for v in DURATION VALUE_SIZE SLICES; do
 	if ! [[ ${!v} =~ ^[0-9]+$ ]] || [ "${!v}" -lt 1 ]; then
 		echo "bench: raft: $v must be a positive integer (got '${!v}')" >&2
 		exit 2
@@ -396,23 +398,53 @@ declare -A E_RPS=() E_P99=() E_MAX=() D_RPS=() D_P99=() D_MAX=() EF_RPS=() EF_P9
 E_HP='' D_HP=''
 [ -n "$E_LEADER" ] && E_HP="${ETCD_ADDRS[E_LEADER]}:2379"
 [ -n "$DG_LEADER" ] && D_HP="${DG_ADDRS[DG_LEADER]}:8500"
-# measure <etcd addr:port> <dcgate addr:port> <tag suffix> <array suffix>: etcd then dcgate at each
-# concurrency, back to back, so each pair is measured under the same conditions
+# median of the numbers given (the middle one; of an even count, the lower middle)
+median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {if (NR) print v[int((NR + 1) / 2)]}'; }
+# maximum of the numbers given
+maximum() { printf '%s\n' "$@" | sort -g | tail -n 1; }
+
+# one_side <E|D> <array suffix> <c> <kind> <addr:port> <tag>: the SLICES runs of one system at one
+# concurrency are gathered in SL_* (by the caller); this runs one slice and records it
+SL_E_RPS=() SL_E_P99=() SL_E_MAX=() SL_D_RPS=() SL_D_P99=() SL_D_MAX=() SL_E_ERR='' SL_D_ERR=''
+one_slice() {
+	local side=$1 kind=$2 hp=$3 tag=$4 c=$5 secs=$6
+	if put_run "$tag" "$kind" "$hp" "$c" "$secs"; then
+		eval "SL_${side}_RPS+=(\"\$RUN_RPS\") SL_${side}_P99+=(\"\$RUN_P99\") SL_${side}_MAX+=(\"\$RUN_MAX\")"
+	else
+		eval "SL_${side}_ERR=1"
+	fi
+}
+
+# measure <etcd addr:port> <dcgate addr:port> <tag suffix> <array suffix>: at each concurrency,
+# etcd and dcgate in SLICES alternating slices (etcd first in odd slices, dcgate first in even
+# ones), so that drift on the shared machine (the disk's flushes, the other system's background
+# work) weighs on both alike; each figure is the median of its slices (slowest: the maximum)
 measure() {
-	local ehp=$1 dhp=$2 sfx=$3 arr=$4 c
+	local ehp=$1 dhp=$2 sfx=$3 arr=$4 c s secs
+	secs=$(((DURATION + SLICES - 1) / SLICES))
 	for c in "${CONCS[@]}"; do
+		SL_E_RPS=() SL_E_P99=() SL_E_MAX=() SL_D_RPS=() SL_D_P99=() SL_D_MAX=() SL_E_ERR='' SL_D_ERR=''
+		for ((s = 1; s <= SLICES; s++)); do
+			if ((s % 2)); then
+				[ -z "$ehp" ] || one_slice E etcd "$ehp" "etcd-$sfx-c$c-$s" "$c" "$secs"
+				[ -z "$dhp" ] || one_slice D consul "$dhp" "dcgate-$sfx-c$c-$s" "$c" "$secs"
+			else
+				[ -z "$dhp" ] || one_slice D consul "$dhp" "dcgate-$sfx-c$c-$s" "$c" "$secs"
+				[ -z "$ehp" ] || one_slice E etcd "$ehp" "etcd-$sfx-c$c-$s" "$c" "$secs"
+			fi
+		done
 		if [ -n "$ehp" ]; then
-			if put_run "etcd-$sfx-c$c" etcd "$ehp" "$c" "$DURATION"; then
-				eval "E${arr}_RPS[$c]=\$RUN_RPS E${arr}_P99[$c]=\$RUN_P99"
-				[ -n "$arr" ] || E_MAX[$c]=$RUN_MAX
+			if [ -z "$SL_E_ERR" ]; then
+				eval "E${arr}_RPS[$c]=$(median "${SL_E_RPS[@]}") E${arr}_P99[$c]=$(median "${SL_E_P99[@]}")"
+				[ -n "$arr" ] || E_MAX[$c]=$(maximum "${SL_E_MAX[@]}")
 			else
 				eval "E${arr}_ERR[$c]=1"
 			fi
 		fi
 		if [ -n "$dhp" ]; then
-			if put_run "dcgate-$sfx-c$c" consul "$dhp" "$c" "$DURATION"; then
-				eval "D${arr}_RPS[$c]=\$RUN_RPS D${arr}_P99[$c]=\$RUN_P99"
-				[ -n "$arr" ] || D_MAX[$c]=$RUN_MAX
+			if [ -z "$SL_D_ERR" ]; then
+				eval "D${arr}_RPS[$c]=$(median "${SL_D_RPS[@]}") D${arr}_P99[$c]=$(median "${SL_D_P99[@]}")"
+				[ -n "$arr" ] || D_MAX[$c]=$(maximum "${SL_D_MAX[@]}")
 			else
 				eval "D${arr}_ERR[$c]=1"
 			fi
@@ -420,7 +452,7 @@ measure() {
 	done
 }
 if [ -n "$E_HP" ] || [ -n "$D_HP" ]; then
-	log "PUTs of distinct keys, $VALUE_SIZE-byte values, wrk -d${DURATION}s at concurrency ${CONCS[*]}, etcd then dcgate"
+	log "PUTs of distinct keys, $VALUE_SIZE-byte values, at concurrency ${CONCS[*]}: $SLICES alternating slices of wrk -d$(((DURATION + SLICES - 1) / SLICES))s for each"
 	[ -z "$E_HP" ] || put_run etcd-warmup etcd "$E_HP" 16 "$WARMUP" || E_HP=''
 	[ -z "$D_HP" ] || put_run dcgate-warmup consul "$D_HP" 16 "$WARMUP" || D_HP=''
 	measure "$E_HP" "$D_HP" leader ''
@@ -453,7 +485,8 @@ cell() {
 E_NAME=- D_NAME=-
 [ -n "$E_LEADER" ] && E_NAME="e$((E_LEADER + 1)) (${ETCD_ADDRS[E_LEADER]}:2379)"
 [ -n "$DG_LEADER" ] && D_NAME="s$((DG_LEADER + 1)) (${DG_ADDRS[DG_LEADER]}:8500)"
-echo "PUTs of distinct keys with a ${VALUE_SIZE}-byte value, wrk -d${DURATION}s (bench/raft_put.lua; -t1 at"
+echo "PUTs of distinct keys with a ${VALUE_SIZE}-byte value, $SLICES slices of wrk -d$(((DURATION + SLICES - 1) / SLICES))s each, etcd's and"
+echo "dcgate's alternating, each figure the median of its slices (bench/raft_put.lua; -t1 at"
 echo "concurrency 1, -t2 above; every answer checked), keep-alive, loopback; both on this machine's"
 echo "$(nproc) cpus, data dirs on ${FSTYPE:-?} (${TMPDIR:-/tmp}), each fsyncs as it does by default."
 if [ -n "$DG_NA" ]; then
