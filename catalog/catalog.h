@@ -65,6 +65,10 @@ struct dg_cat_kv {
 	uint64_t lock_index;
 	char *session; /* NULL when unlocked */
 	uint64_t create_index, modify_index;
+	/* Raft snapshots being written that still hold this entry (dg_cat_snapshot_begin): an
+	 * entry in the table is never changed, only replaced, and a replaced one is freed once the
+	 * last of them lets go. Changed under the write lock only. */
+	unsigned pins;
 };
 
 struct dg_cat_session {
@@ -127,6 +131,15 @@ void dg_cat_changes_free(struct dg_cat_change *v, size_t n);
 char *dg_cat_snapshot(dg_catalog *c, size_t *len);
 /* The same, and the index the state was taken at in *index (the "Index" inside the text). */
 char *dg_cat_snapshot_index(dg_catalog *c, size_t *len, uint64_t *index);
+/* A raft snapshot in two steps, so that the long part runs off the loop (libraft's asynchronous
+ * snapshots): begin (write lock, taken here) captures the state: every table but the KV store
+ * as text, and the KV entries themselves, pinned (a write that replaces one leaves the pinned
+ * one alive); text (any thread, no lock) writes the KV entries after the rest, the same text
+ * dg_cat_snapshot gives; end (write lock, taken here) lets the entries go and frees f. */
+struct dg_cat_frozen;
+struct dg_cat_frozen *dg_cat_snapshot_begin(dg_catalog *c);
+char *dg_cat_snapshot_text(const struct dg_cat_frozen *f, size_t *len);
+void dg_cat_snapshot_end(dg_catalog *c, struct dg_cat_frozen *f);
 /* Replaces the whole state (raft's snapshot install, at start or from the leader). The text is
  * loaded into a private catalog first and swapped in whole, so a bad one changes nothing.
  * Takes the write lock itself. Returns 0, DG_EINVAL or DG_ENOMEM. */

@@ -71,6 +71,8 @@ int dg__cat_restore_staged_apply(dg_catalog *c, const char *op, json_t *cmd, cha
 /* kv.c */
 json_t *dg__cat_kv_apply(dg_catalog *c, json_t *op, bool *ok, char **err);
 void dg__cat_kv_free(struct dg_cat_kv *e);
+/* A copy of e (NULL when out of memory), unpinned. */
+struct dg_cat_kv *dg__cat_kv_clone(const struct dg_cat_kv *e);
 json_t *dg__cat_kv_json(const struct dg_cat_kv *e, bool with_value);
 int dg__cat_kv_write(struct dg_buf *b, const struct dg_cat_kv *e);
 int dg__cat_txn_apply(dg_catalog *c, json_t *cmd, json_t **result);

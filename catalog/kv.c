@@ -9,18 +9,23 @@ void dg__cat_kv_free(struct dg_cat_kv *e)
 {
 	if (!e)
 		return;
+	if (e->pins > 0) { /* a snapshot being written still reads it: it frees it at its end */
+		e->pins--;
+		return;
+	}
 	free(e->key);
 	free(e->value);
 	free(e->session);
 	free(e);
 }
 
-static struct dg_cat_kv *kv_clone(const struct dg_cat_kv *e)
+struct dg_cat_kv *dg__cat_kv_clone(const struct dg_cat_kv *e)
 {
 	struct dg_cat_kv *n = calloc(1, sizeof(*n));
 	if (!n)
 		return NULL;
 	*n = *e;
+	n->pins = 0;
 	n->key = strdup(e->key);
 	n->session = e->session ? strdup(e->session) : NULL;
 	n->value = NULL;
@@ -147,7 +152,7 @@ static void undo_record(dg_catalog *c, const char *key)
 	}
 	struct dg_cat_kv *e = dg_omap_find(&c->kv, key);
 	u->v[u->n].key = strdup(key);
-	u->v[u->n].prev = e ? kv_clone(e) : NULL;
+	u->v[u->n].prev = e ? dg__cat_kv_clone(e) : NULL;
 	u->v[u->n].prev_tomb = (uintptr_t)dg_omap_find(&c->tombstones, key);
 	u->n++;
 }

@@ -135,9 +135,16 @@ void dg__cat_session_destroy(dg_catalog *c, const char *id)
 			dg_omap_put(&c->tombstones, key, (void *)(uintptr_t)c->cur_index, NULL);
 			dg_omap_seek(&c->kv, key, &it); /* the delete moved entries: on from the next key */
 		} else {
-			free(e->session);
-			e->session = NULL;
-			e->modify_index = c->cur_index;
+			/* replaced, not changed: a raft snapshot being written may hold e */
+			struct dg_cat_kv *n = dg__cat_kv_clone(e);
+			if (n) {
+				free(n->session);
+				n->session = NULL;
+				n->modify_index = c->cur_index;
+				dg_omap_put(&c->kv, key, n, NULL);
+				dg__cat_kv_free(e);
+			}
+			dg_omap_seek(&c->kv, key, &it);
 			dg_omap_next(&it);
 		}
 		if (delay_ms > 0)

@@ -37,14 +37,32 @@ static json_t *check_json(const struct dg_cat_check *ch)
 			 (json_int_t)ch->create_index, "ModifyIndex", (json_int_t)ch->modify_index);
 }
 
-char *dg_cat_snapshot_index(dg_catalog *c, size_t *len, uint64_t *index)
+/* The state captured for a snapshot: every table but the KV store as JSON text, and the KV
+ * entries (pinned or not, as the caller says). */
+struct dg_cat_frozen {
+	char *rest;
+	uint64_t index;
+	struct dg_cat_kv **kv;
+	size_t nkv;
+	bool pinned;
+};
+
+/* Under the catalog's lock (the write lock when pin). NULL when out of memory. */
+static struct dg_cat_frozen *freeze(dg_catalog *c, bool pin)
 {
-	dg_cat_rdlock(c);
+	struct dg_cat_frozen *f = calloc(1, sizeof(*f));
+	if (!f)
+		return NULL;
+	f->index = c->last_index;
+	f->pinned = pin;
+	f->nkv = dg_omap_size(&c->kv);
+	if (f->nkv && !(f->kv = malloc(f->nkv * sizeof(*f->kv)))) {
+		free(f);
+		return NULL;
+	}
 	json_t *root = json_object();
-	json_t *nodes = json_array(), *names = json_object(), *kv = json_array();
+	json_t *nodes = json_array(), *names = json_object();
 	json_t *tombs = json_object(), *sessions = json_array(), *delays = json_object();
-	if (index)
-		*index = c->last_index;
 	json_object_set_new(root, "Index", json_integer((json_int_t)c->last_index));
 	json_object_set_new(root, "Idx",
 			    json_pack("{s:I, s:I, s:I, s:I, s:I}", "Nodes",
@@ -73,7 +91,6 @@ char *dg_cat_snapshot_index(dg_catalog *c, size_t *len, uint64_t *index)
 		struct name_rec *r = c->names.v[i].value;
 		json_object_set_new(names, r->name, json_integer((json_int_t)r->index));
 	}
-	/* the keys are written by hand after the rest (below): most of a large store's bytes */
 	struct dg_omap_it it;
 	for (dg_omap_first(&c->tombstones, &it); dg_omap_valid(&it); dg_omap_next(&it))
 		json_object_set_new(tombs, dg_omap_key(&it),
@@ -94,30 +111,44 @@ char *dg_cat_snapshot_index(dg_catalog *c, size_t *len, uint64_t *index)
 	}
 	json_object_set_new(root, "Nodes", nodes);
 	json_object_set_new(root, "Names", names);
-	json_decref(kv);
 	json_object_set_new(root, "Tombstones", tombs);
 	json_object_set_new(root, "LockDelay", delays);
 	json_object_set_new(root, "Sessions", sessions);
 	char *rest = json_dumps(root, JSON_COMPACT);
 	json_decref(root);
-	/* {..rest.., "KV":[...]}: the object without its closing brace, then the keys */
+	if (!rest) {
+		free(f->kv);
+		free(f);
+		return NULL;
+	}
+	f->rest = rest;
+	size_t i = 0;
+	for (dg_omap_first(&c->kv, &it); dg_omap_valid(&it); dg_omap_next(&it)) {
+		f->kv[i] = dg_omap_value(&it);
+		if (pin)
+			f->kv[i]->pins++;
+		i++;
+	}
+	return f;
+}
+
+/* {..rest.., "KV":[...]}: the rest's object without its closing brace, then the keys (most of a
+ * large store's bytes, written by hand). No lock: the entries are not changed while captured. */
+char *dg_cat_snapshot_text(const struct dg_cat_frozen *f, size_t *len)
+{
 	struct dg_buf b;
 	dg_buf_init(&b);
-	size_t rlen = rest ? strlen(rest) : 0;
-	int rv = rest && rlen >= 2 ? dg_buf_append(&b, rest, rlen - 1) : DG_ENOMEM;
+	size_t rlen = strlen(f->rest);
+	int rv = rlen >= 2 ? dg_buf_append(&b, f->rest, rlen - 1) : DG_EINVAL;
 	if (rv == 0)
 		rv = dg_buf_append(&b, rlen > 2 ? ",\"KV\":[" : "\"KV\":[", rlen > 2 ? 7 : 6);
-	bool first = true;
-	for (dg_omap_first(&c->kv, &it); rv == 0 && dg_omap_valid(&it); dg_omap_next(&it)) {
-		if (!first && (rv = dg_buf_append(&b, ",", 1)) != 0)
+	for (size_t i = 0; rv == 0 && i < f->nkv; i++) {
+		if (i && (rv = dg_buf_append(&b, ",", 1)) != 0)
 			break;
-		first = false;
-		rv = dg__cat_kv_write(&b, dg_omap_value(&it));
+		rv = dg__cat_kv_write(&b, f->kv[i]);
 	}
 	if (rv == 0)
 		rv = dg_buf_append(&b, "]}", 3); /* with the NUL */
-	dg_cat_unlock(c);
-	free(rest);
 	if (rv != 0) {
 		dg_buf_fini(&b);
 		return NULL;
@@ -127,6 +158,46 @@ char *dg_cat_snapshot_index(dg_catalog *c, size_t *len, uint64_t *index)
 	if (out && len)
 		*len = n - 1;
 	return out;
+}
+
+/* Frees f; the entries it pinned are let go (under the write lock). */
+static void frozen_free(struct dg_cat_frozen *f)
+{
+	if (!f)
+		return;
+	for (size_t i = 0; f->pinned && i < f->nkv; i++)
+		dg__cat_kv_free(f->kv[i]); /* frees one the table has replaced since */
+	free(f->kv);
+	free(f->rest);
+	free(f);
+}
+
+struct dg_cat_frozen *dg_cat_snapshot_begin(dg_catalog *c)
+{
+	dg_cat_wrlock(c);
+	struct dg_cat_frozen *f = freeze(c, true);
+	dg_cat_unlock(c);
+	return f;
+}
+
+void dg_cat_snapshot_end(dg_catalog *c, struct dg_cat_frozen *f)
+{
+	dg_cat_wrlock(c);
+	frozen_free(f);
+	dg_cat_unlock(c);
+}
+
+char *dg_cat_snapshot_index(dg_catalog *c, size_t *len, uint64_t *index)
+{
+	/* all of it under the read lock: readers may run side by side, so nothing is pinned */
+	dg_cat_rdlock(c);
+	struct dg_cat_frozen *f = freeze(c, false);
+	char *text = f ? dg_cat_snapshot_text(f, len) : NULL;
+	if (f && index)
+		*index = f->index;
+	dg_cat_unlock(c);
+	frozen_free(f);
+	return text;
 }
 
 char *dg_cat_snapshot(dg_catalog *c, size_t *len)

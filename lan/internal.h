@@ -125,6 +125,7 @@ struct dg_lan {
 	char dir[PATH_MAX];
 	bool tmpdir;
 	json_t *unclaimed_result; /* last FSM result not taken by an apply callback */
+	struct dg_cat_frozen *frozen; /* the state of the raft snapshot being written (raft.c) */
 	size_t applies_out;	     /* raft_apply calls not yet called back (loop thread) */
 	uint64_t applies_progress_ms; /* when one last started from none or ended */
 	bool applies_stall_told;      /* the stall warning was logged since */

@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <ftw.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -83,27 +84,29 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
 	return 0; /* a command that fails validation is still applied: as a no-op */
 }
 
+/* Raft snapshots are asynchronous (libraft's fsm version 3): fsm_snapshot, on the loop, only
+ * captures the state (dg_cat_snapshot_begin: the small tables as text, the KV entries pinned);
+ * fsm_snapshot_async writes the text on libuv's thread pool while the loop goes on applying;
+ * fsm_snapshot_finalize, back on the loop, frees it and lets the entries go. Written on the loop,
+ * a store of 400,000 keys stalled the leader for most of a second, past the election timeout: a
+ * new election in the middle of a write load (bench/raft.sh via a follower at c64). */
 static int fsm_snapshot(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsigned *n_bufs)
 {
 	dg_lan *l = fsm->data;
-	size_t len;
 	/* a snapshot restore half gathered is not in the state: no raft snapshot until it ends,
 	 * so that one taken now cannot leave out parts that a server installing it would miss
 	 * (libraft takes RAFT_BUSY as "try again later") */
-	if (dg_cat_restore_staged(l->cat, NULL))
+	if (dg_cat_restore_staged(l->cat, NULL) || l->frozen)
 		return RAFT_BUSY;
-	char *text = dg_cat_snapshot(l->cat, &len);
-	if (!text)
-		return RAFT_NOMEM;
 	struct raft_buffer *b = raft_malloc(sizeof(*b));
-	if (!b) {
-		free(text);
+	if (!b)
+		return RAFT_NOMEM;
+	if (!(l->frozen = dg_cat_snapshot_begin(l->cat))) {
+		raft_free(b);
 		return RAFT_NOMEM;
 	}
-	/* handed over without a copy: libraft's default allocator is malloc, and
-	 * fsm_snapshot_finalize frees it */
-	b->base = text;
-	b->len = len;
+	b->base = NULL; /* fsm_snapshot_async fills it */
+	b->len = 0;
 	*bufs = b;
 	*n_bufs = 1;
 	pthread_mutex_lock(&l->mu);
@@ -112,14 +115,77 @@ static int fsm_snapshot(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsign
 	return 0;
 }
 
+static int fsm_snapshot_async(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsigned *n_bufs)
+{
+	dg_lan *l = fsm->data;
+	size_t len;
+	char *text = dg_cat_snapshot_text(l->frozen, &len);
+	if (!text)
+		return RAFT_NOMEM;
+	/* handed over without a copy: libraft's default allocator is malloc, and
+	 * fsm_snapshot_finalize frees it */
+	(*bufs)[0].base = text;
+	(*bufs)[0].len = len;
+	(void)n_bufs;
+	return 0;
+}
+
 static int fsm_snapshot_finalize(struct raft_fsm *fsm, struct raft_buffer *bufs[],
 				 unsigned *n_bufs)
 {
-	for (unsigned i = 0; i < *n_bufs; i++)
+	dg_lan *l = fsm->data;
+	for (unsigned i = 0; *bufs && i < *n_bufs; i++)
 		raft_free((*bufs)[i].base);
 	raft_free(*bufs);
 	*bufs = NULL;
 	*n_bufs = 0;
+	if (l->frozen) {
+		dg_cat_snapshot_end(l->cat, l->frozen);
+		l->frozen = NULL;
+	}
+	return 0;
+}
+
+/* io->async_work for libraft's asynchronous snapshots: Debian's libraft 0.15 knows fsm version
+ * 3, but its raft_uv io is version 1, without async_work; this gives it one: req->work on
+ * libuv's thread pool, req's callback back on the loop. */
+struct async_work {
+	uv_work_t work;
+	struct raft_io_async_work *req;
+	raft_io_async_work_cb cb;
+	int status;
+};
+
+static void async_work_run(uv_work_t *w)
+{
+	struct async_work *a = w->data;
+	a->status = a->req->work(a->req);
+}
+
+static void async_work_done(uv_work_t *w, int status)
+{
+	struct async_work *a = w->data;
+	int rv = status == UV_ECANCELED ? RAFT_CANCELED : a->status;
+	raft_io_async_work_cb cb = a->cb;
+	struct raft_io_async_work *req = a->req;
+	free(a);
+	cb(req, rv);
+}
+
+static int io_async_work(struct raft_io *io, struct raft_io_async_work *req,
+			 raft_io_async_work_cb cb)
+{
+	dg_lan *l = (dg_lan *)((char *)io - offsetof(dg_lan, io)); /* l->io is ours */
+	struct async_work *a = calloc(1, sizeof(*a));
+	if (!a)
+		return RAFT_NOMEM;
+	a->req = req;
+	a->cb = cb;
+	a->work.data = a;
+	if (uv_queue_work(&l->loop, &a->work, async_work_run, async_work_done) != 0) {
+		free(a);
+		return RAFT_IOERR;
+	}
 	return 0;
 }
 
@@ -1571,11 +1637,14 @@ static int start_raft(dg_lan *l)
 		goto raft_fail;
 	if ((rv = raft_uv_init(&l->io, &l->loop, l->dir, &l->transport)) != 0)
 		goto raft_fail;
-	l->fsm.version = 2;
+	l->io.version = 2; /* with io_async_work, for the asynchronous snapshots */
+	l->io.async_work = io_async_work;
+	l->fsm.version = 3;
 	l->fsm.data = l;
 	l->fsm.apply = fsm_apply;
 	l->fsm.snapshot = fsm_snapshot;
 	l->fsm.snapshot_finalize = fsm_snapshot_finalize;
+	l->fsm.snapshot_async = fsm_snapshot_async;
 	l->fsm.restore = fsm_restore;
 	l->raft_id = raft_id_for(l);
 	if ((rv = raft_init(&l->raft, &l->io, &l->fsm, l->raft_id, addr)) != 0)
