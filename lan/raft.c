@@ -327,31 +327,41 @@ static void write_done(struct write_req *w)
 	free(w);
 }
 
+/* The leader's answer to one forwarded write ({"Status","Result","Index"}: alone, or one slot
+ * of a batch's answer) into w, or err when the call itself failed (nng's thread). */
+static void take_answer(struct write_req *w, int err, json_t *one)
+{
+	json_t *st = json_object_get(one, "Status");
+	json_t *res = json_object_get(one, "Result");
+	w->status = err != 0 ? err : json_is_integer(st) ? (int)json_integer_value(st) : DG_EIO;
+	w->result = NULL;
+	if (err == 0 && json_is_integer(st)) {
+		w->applied_index = (uint64_t)json_integer_value(json_object_get(one, "Index"));
+		if (res && !json_is_null(res))
+			w->result = json_incref(res);
+	}
+}
+
+/* A forwarded write whose answer came after the loop ended: answered here (write callbacks are
+ * safe on any thread) and freed. */
+static void answer_gone(struct write_req *w)
+{
+	if (w->cb)
+		w->cb(w->arg, DG_ESHUTDOWN, NULL);
+	json_decref(w->result);
+	json_decref(w->cmd);
+	free(w);
+}
+
 static void forward_done(void *arg, int err, const uint8_t *buf, size_t len)
 {
 	struct write_req *w = arg;
-	w->status = err;
-	w->result = NULL;
-	if (err == 0) {
-		json_t *ans = dg__rpc_answer_json(buf, len, &w->status);
-		if (json_is_integer(json_object_get(ans, "Status"))) {
-			w->applied_index = (uint64_t)json_integer_value(json_object_get(ans, "Index"));
-			w->result = json_incref(json_object_get(ans, "Result"));
-			if (json_is_null(w->result)) {
-				json_decref(w->result);
-				w->result = NULL;
-			}
-		}
-		json_decref(ans);
-	}
-	if (dg__lan_post(w->lan, forward_answer, w) != 0) {
-		/* the loop is gone: answer here (write callbacks are safe on any thread) */
-		if (w->cb)
-			w->cb(w->arg, DG_ESHUTDOWN, NULL);
-		json_decref(w->result);
-		json_decref(w->cmd);
-		free(w);
-	}
+	int status; /* the answer's own Status: take_answer reads it with the rest */
+	json_t *ans = err == 0 ? dg__rpc_answer_json(buf, len, &status) : NULL;
+	take_answer(w, err, ans);
+	json_decref(ans);
+	if (dg__lan_post(w->lan, forward_answer, w) != 0)
+		answer_gone(w);
 }
 
 /* ---- a follower's writes for the leader ----
@@ -385,26 +395,12 @@ static void fwd_batch_done(void *arg, int err, const uint8_t *buf, size_t len)
 		if (err == 0 && (!json_is_array(results) || json_array_size(results) != b->n))
 			err = DG_EIO;
 	}
-	for (size_t i = 0; i < b->n; i++) {
-		struct write_req *w = b->w[i];
-		json_t *one = err == 0 ? json_array_get(results, i) : NULL;
-		json_t *st = json_object_get(one, "Status");
-		json_t *res = json_object_get(one, "Result");
-		w->status = err != 0 ? err : json_is_integer(st) ? (int)json_integer_value(st) : DG_EIO;
-		w->applied_index = (uint64_t)json_integer_value(json_object_get(one, "Index"));
-		w->result = res && !json_is_null(res) ? json_incref(res) : NULL;
-	}
+	for (size_t i = 0; i < b->n; i++)
+		take_answer(b->w[i], err, err == 0 ? json_array_get(results, i) : NULL);
 	json_decref(ans);
 	if (dg__lan_post(b->lan, fwd_batch_answer, b) != 0) {
-		/* the loop is gone: answer here (write callbacks are safe on any thread) */
-		for (size_t i = 0; i < b->n; i++) {
-			struct write_req *w = b->w[i];
-			if (w->cb)
-				w->cb(w->arg, DG_ESHUTDOWN, NULL);
-			json_decref(w->result);
-			json_decref(w->cmd);
-			free(w);
-		}
+		for (size_t i = 0; i < b->n; i++)
+			answer_gone(b->w[i]);
 		free(b);
 	}
 }
