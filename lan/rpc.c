@@ -21,7 +21,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #define RPC "rpc"
 
@@ -298,7 +297,6 @@ static void call_cb(void *arg)
 	pthread_mutex_unlock(&l->rpc.mu);
 }
 
-/* nng's pipe events for a peer's socket, on nng's threads. */
 /* Fails p's calls out (all, or only those for the leader) as a lost link: aborting only
  * completes the aio, whose callback runs later on nng's thread. Under rpc.mu; how many. */
 static int abort_calls(struct rpc_peer *p, bool leader_only)
@@ -313,6 +311,7 @@ static int abort_calls(struct rpc_peer *p, bool leader_only)
 	return n;
 }
 
+/* nng's pipe events for a peer's socket, on nng's threads. */
 static void peer_pipe_cb(nng_pipe pipe, nng_pipe_ev ev, void *arg)
 {
 	struct rpc_peer *p = arg;
@@ -618,11 +617,7 @@ static bool sockets_close(dg_lan *l)
 			ok = false;
 			break;
 		}
-		struct timespec ts;
-		clock_gettime(CLOCK_REALTIME, &ts);
-		uint64_t ns = (uint64_t)ts.tv_nsec + (deadline - now) * 1000000ull;
-		ts.tv_sec += (time_t)(ns / 1000000000ull);
-		ts.tv_nsec = (long)(ns % 1000000000ull);
+		struct timespec ts = dg_realtime_in_ms((unsigned)(deadline - now));
 		pthread_cond_timedwait(&l->rpc.idle, &l->rpc.mu, &ts);
 	}
 	l->rpc.close_stuck = !ok;
