@@ -58,8 +58,7 @@ struct dg__members {
 	bool have_reply;
 
 	struct pending_join *joins;
-	struct name_join *lookups; /* host names being looked up */
-	size_t nlookups;
+	struct name_join *lookups; /* host names being looked up (at most MAX_LOOKUPS) */
 	bool stopped;
 	char **retry;
 	size_t nretry;
@@ -647,7 +646,6 @@ static void name_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *re
 			*pp = nj->next;
 			break;
 		}
-	m->nlookups--;
 	char ip[INET_ADDRSTRLEN] = "";
 	for (struct addrinfo *ai = status == 0 ? res : NULL; ai && !*ip; ai = ai->ai_next)
 		if (ai->ai_family == AF_INET)
@@ -681,10 +679,11 @@ static void name_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *re
 static int start_lookup(dg_lan *l, const char *host, uint16_t port, dg_lan_done_fn cb, void *arg)
 {
 	struct dg__members *m = l->members;
-	for (struct name_join *q = m->lookups; q; q = q->next)
+	size_t under_way = 0;
+	for (struct name_join *q = m->lookups; q; q = q->next, under_way++)
 		if (strcmp(q->name, host) == 0 && q->cb == cb && q->arg == arg)
 			return 0; /* a retry-join round while the last lookup is under way */
-	if (m->nlookups >= MAX_LOOKUPS)
+	if (under_way >= MAX_LOOKUPS)
 		return DG_EBUSY;
 	struct name_join *nj = calloc(1, sizeof(*nj));
 	if (!nj)
@@ -703,7 +702,6 @@ static int start_lookup(dg_lan *l, const char *host, uint16_t port, dg_lan_done_
 	}
 	nj->next = m->lookups;
 	m->lookups = nj;
-	m->nlookups++;
 	return 0;
 }
 
