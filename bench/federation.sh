@@ -99,11 +99,6 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null
 # ---------------------------------------------------------------------------------------------
 # helpers
 
-median() { # median of the numbers given; nothing when none
-	[ $# -gt 0 ] || return 0
-	printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2}'
-}
-
 # Leases a loopback address the way tests/integration/harness.py does: an flock on
 # <lockdir>/<n>.lock, held by this shell (and inherited by the agents) until exit, then a check
 # that the agent's ports are free there. Sets LEASED (the address).

@@ -15,6 +15,13 @@ stop_pid() {
 	return 0
 }
 
+# median of the numbers given (of an even count, the mean of the two middle ones); nothing
+# when none. bench/federation.sh's and bench/raft.sh's alternating slices.
+median() { # median of the numbers given; nothing when none
+	[ $# -gt 0 ] || return 0
+	printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2}'
+}
+
 # fmt <printf format> <value>: the value formatted, or - when there is none
 fmt() { [ -n "${2:-}" ] && awk -v v="$2" -v f="$1" 'BEGIN {printf f, v}' || printf -- '-'; }
 # ratio <a> <b>: a / b to two places, or - when either is missing or b is not above 0

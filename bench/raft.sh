@@ -398,13 +398,11 @@ declare -A E_RPS=() E_P99=() E_MAX=() D_RPS=() D_P99=() D_MAX=() EF_RPS=() EF_P9
 E_HP='' D_HP=''
 [ -n "$E_LEADER" ] && E_HP="${ETCD_ADDRS[E_LEADER]}:2379"
 [ -n "$DG_LEADER" ] && D_HP="${DG_ADDRS[DG_LEADER]}:8500"
-# median of the numbers given (the middle one; of an even count, the lower middle)
-median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {if (NR) print v[int((NR + 1) / 2)]}'; }
-# maximum of the numbers given
+# maximum of the numbers given (median: bench/lib.sh)
 maximum() { printf '%s\n' "$@" | sort -g | tail -n 1; }
 
-# one_side <E|D> <array suffix> <c> <kind> <addr:port> <tag>: the SLICES runs of one system at one
-# concurrency are gathered in SL_* (by the caller); this runs one slice and records it
+# one_slice <E|D> <kind> <addr:port> <tag> <conns> <seconds>: runs one slice and records its
+# figures in SL_<side>_* (measure gathers a system's SLICES runs at one concurrency there)
 SL_E_RPS=() SL_E_P99=() SL_E_MAX=() SL_D_RPS=() SL_D_P99=() SL_D_MAX=() SL_E_ERR='' SL_D_ERR=''
 one_slice() {
 	local side=$1 kind=$2 hp=$3 tag=$4 c=$5 secs=$6
